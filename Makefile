@@ -1,0 +1,27 @@
+# `make test` and `make demo` create .venv when it is missing.
+# torch is pinned on the install line (not in pyproject) so that pip takes the
+# local CPU wheel on machines that have it and the default (CUDA) wheel from
+# PyPI elsewhere. Override with e.g. `make TORCH_SPEC='torch==2.13.0' test`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m pipeline demo $(DEMO_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,308 @@
+"""Run configuration: nested dataclasses, TOML files, dotted command-line overrides.
+
+Defaults are the GPT-2 124M / 10B-token FineWeb-Edu run (build-nanogpt's numbers).
+Every user mistake (unknown key, wrong type, impossible value) raises ConfigError
+naming the dotted key and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration key or value the user must fix."""
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257  # GPT-2 BPE; the embedding is padded, see padded_vocab_size
+    pad_vocab_to: int = 64  # 50257 -> 50304: a multiple of 64 makes the lm_head matmul faster
+    bias: bool = True
+    activation_checkpointing: bool = False
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_to
+        return ((self.vocab_size + m - 1) // m) * m
+
+    def validate(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "pad_vocab_to"):
+            _require(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "must be > 0")
+        _require(self.n_embd % self.n_head == 0, "model.n_embd", self.n_embd,
+                 f"must be divisible by model.n_head = {self.n_head}")
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/fineweb-edu-10B"  # shards + manifest.json written by data_prep
+    shuffle: bool = True  # per-epoch shard-order and sequence-order shuffling (train split only)
+    seed: int = 1337
+
+    def validate(self) -> None:
+        _require(bool(self.dir), "data.dir", self.dir, "must name the shard directory")
+        _require(self.seed >= 0, "data.seed", self.seed, "must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    max_lr: float = 6e-4
+    min_lr_ratio: float = 0.1  # cosine decays to min_lr_ratio * max_lr
+    warmup_steps: int = 715  # 375M tokens / 524,288 (GPT-3 paper's warmup)
+    weight_decay: float = 0.1  # only on >=2-D parameters
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    fused: str = "auto"  # auto | true | false
+
+    def validate(self) -> None:
+        _require(self.max_lr > 0, "optim.max_lr", self.max_lr, "must be > 0")
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio,
+                 "must be in [0, 1]")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _require(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "must be in [0, 1)")
+        _require(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "must be in [0, 1)")
+        _require(self.eps > 0, "optim.eps", self.eps, "must be > 0")
+        _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 = off)")
+        _require(self.fused in ("auto", "true", "false"), "optim.fused", self.fused,
+                 "must be one of auto, true, false")
+
+
+@dataclass
+class TrainConfig:
+    total_batch_size: int = 524_288  # tokens per optimizer step (2**19, ~0.5M as in GPT-3 small)
+    micro_batch_size: int = 64
+    seq_len: int = 1024
+    max_steps: int = 19_073  # 10e9 tokens / 524,288
+    device: str = "auto"  # auto (cuda -> mps -> cpu) | cuda | mps | cpu
+    dtype: str = "auto"  # auto (bfloat16 on cuda, float32 elsewhere) | bfloat16 | float32
+    compile: bool = False
+    tf32: bool = True
+    seed: int = 1337
+    log_every: int = 1
+    checkpoint_every: int = 5000
+    keep_last: int = 2  # most recent checkpoints kept...
+    keep_every: int = 0  # ...plus every K-th step permanently (0 = none)
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    target_loss: float = 0.0  # stop once train loss <= target (0 = off)
+    peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+
+    def validate(self) -> None:
+        for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
+                     "log_every", "checkpoint_every", "max_bad_steps", "keep_last"):
+            _require(getattr(self, name) > 0, f"train.{name}", getattr(self, name), "must be > 0")
+        for name in ("keep_every", "seed"):
+            _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
+        _require(self.target_loss >= 0, "train.target_loss", self.target_loss, "must be >= 0")
+        _require(self.peak_tflops >= 0, "train.peak_tflops", self.peak_tflops, "must be >= 0")
+        _require(self.device in ("auto", "cuda", "mps", "cpu"), "train.device", self.device,
+                 "must be one of auto, cuda, mps, cpu")
+        _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,
+                 "must be one of auto, bfloat16, float32")
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int = 250  # steps between in-loop evaluations (0 = off)
+    val_tokens: int = 10_485_760  # fixed budget: 20 x 524,288, the same tokens at any world size
+    hellaswag_path: str = ""  # HellaSwag val jsonl; empty = skip HellaSwag in the loop
+    hellaswag_limit: int = 0  # examples per in-loop HellaSwag (0 = all 10,042)
+    sample_every: int = 250  # steps between generated samples (0 = off)
+    sample_tokens: int = 32
+    num_samples: int = 4
+    sample_prompt: str = "Hello, I'm a language model,"
+
+    def validate(self) -> None:
+        for name in ("eval_every", "hellaswag_limit", "sample_every", "sample_tokens", "num_samples"):
+            _require(getattr(self, name) >= 0, f"eval.{name}", getattr(self, name), "must be >= 0")
+        _require(self.val_tokens > 0, "eval.val_tokens", self.val_tokens, "must be > 0")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        for section in fields(self):
+            getattr(self, section.name).validate()
+        _require(self.train.seq_len <= self.model.block_size, "train.seq_len", self.train.seq_len,
+                 f"must be <= model.block_size = {self.model.block_size}")
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return to_toml(self.to_dict())
+
+    def model_hash(self) -> str:
+        """Fingerprint of everything that fixes the parameter shapes (checked on resume)."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: {why}")
+
+
+def _section_classes() -> dict[str, type]:
+    return {f.name: type(getattr(Config(), f.name)) for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, typ: str) -> Any:
+    """Check a TOML value against a field's declared type (ints are accepted as floats)."""
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+    elif typ == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ == "str":
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} = {value!r}: expected {typ}, got {type(value).__name__}")
+
+
+def _parse_cli_value(key: str, text: str, typ: str) -> Any:
+    """Parse a command-line string by the field's type, e.g. '1e-3' for a float."""
+    try:
+        if typ == "bool":
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ == "int":
+            return int(text.replace("_", ""))
+        if typ == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
+    return text
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Apply a nested {section: {key: value}} mapping onto base (default: the 124M config)."""
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    classes = _section_classes()
+    for section, values in data.items():
+        if section not in classes:
+            raise ConfigError(f"unknown config section {section!r} (known: {', '.join(classes)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} = {values!r}: expected a table of keys")
+        current = getattr(cfg, section)
+        types = {f.name: f.type for f in fields(current)}
+        updates = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in types:
+                raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(types)})")
+            updates[key] = _coerce(dotted, value, types[key])
+        setattr(cfg, section, dataclasses.replace(current, **updates))
+    return cfg
+
+
+def load_toml(path: str | Path, base: Config | None = None) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    return from_dict(data, base)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ['--optim.max_lr=1e-3', '--train.compile', 'false', ...] style overrides."""
+    classes = _section_classes()
+    values: dict[str, dict[str, Any]] = {}
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --section.key=value")
+        key, sep, text = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(items) or items[i + 1].startswith("--"):
+                raise ConfigError(f"--{key}: missing value (use --{key}=VALUE)")
+            text = items[i + 1]
+            i += 1
+        i += 1
+        section, _, name = key.partition(".")
+        if section not in classes:
+            raise ConfigError(f"unknown config section {section!r} in --{key} (known: {', '.join(classes)})")
+        types = {f.name: f.type for f in fields(classes[section])}
+        if name not in types:
+            raise ConfigError(f"unknown config key {key!r} (known in {section}: {', '.join(types)})")
+        values.setdefault(section, {})[name] = _parse_cli_value(key, text, types[name])
+    return from_dict(values, cfg)
+
+
+def resolve(config_path: str | Path | None, overrides: list[str]) -> Config:
+    """The one way stages build a config: defaults <- TOML file <- overrides, then validate."""
+    cfg = load_toml(config_path) if config_path else Config()
+    return apply_overrides(cfg, overrides).validate()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def to_toml(data: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+# Model presets: the four published GPT-2 sizes (vocab 50257, block 1024).
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r} (known: {', '.join(MODEL_PRESETS)})")
+    return ModelConfig(**MODEL_PRESETS[name])

@@ -1,0 +1,188 @@
+"""GPT-2, exactly: learned positions, pre-LayerNorm blocks, tied lm_head.
+
+The model knows nothing about distributed training, files or devices; the trainer,
+the evaluator and the HF interop (pipeline/hf.py) wrap it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from pipeline.config import ModelConfig
+
+# A per-layer (key, value) cache, each of shape (B, n_head, T_so_far, head_dim).
+KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual_scaled = True
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            past = cache[layer]
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)
+                v = torch.cat([past[1], v], dim=2)
+            cache[layer] = (k, v)
+        # With a cache, new queries sit at the end of the sequence: a prefill (no past)
+        # is plainly causal, one new token attends to everything before it.
+        is_causal = T > 1
+        if is_causal and k.size(2) != T:
+            raise ValueError("KV cache supports a prefill or one token at a time")
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual_scaled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_scaled", False):
+                # GPT-2 paper: scale residual projections by 1/sqrt(number of residual adds).
+                std *= (2 * self.config.n_layer) ** -0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_padding: bool = False) -> int:
+        """Parameter count as published (tied embedding counted once, vocab 50257)."""
+        n = sum(p.numel() for p in self.parameters())
+        if not include_padding:
+            n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
+        c = self.config
+        n = self.num_params(include_padding=True) - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.n_embd * seq_len
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, start_pos: int = 0):
+        """Return (logits over the padded vocab, mean cross-entropy or None).
+
+        targets equal to -1 are ignored. `cache`/`start_pos` are for generate().
+        """
+        B, T = idx.shape
+        if start_pos + T > self.config.block_size:
+            raise ValueError(f"sequence length {start_pos + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for i, block in enumerate(self.transformer.h):
+            if self.config.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache, i)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Sample max_new_tokens after idx (B, T). temperature 0 = greedy.
+
+        With the KV cache each new token costs one position of compute, so generation is
+        linear in length; use_cache=False recomputes the whole prefix (reference path).
+        """
+        if idx.size(1) + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt ({idx.size(1)}) + max_new_tokens ({max_new_tokens}) "
+                             f"exceeds block_size {self.config.block_size}")
+        was_training = self.training
+        self.eval()
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=idx.device).manual_seed(seed)
+        cache: KVCache | None = [None] * self.config.n_layer if use_cache else None
+        out = idx
+        step_input, start = idx, 0
+        for _ in range(max_new_tokens):
+            if use_cache:
+                logits, _ = self(step_input, cache=cache, start_pos=start)
+                start += step_input.size(1)
+            else:
+                logits, _ = self(out)
+            logits = logits[:, -1, : self.config.vocab_size].float()
+            nxt = sample_next(logits, temperature, top_k, top_p, gen)
+            out = torch.cat([out, nxt], dim=1)
+            step_input = nxt
+        self.train(was_training)
+        return out
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
+                top_p: float | None, gen: torch.Generator | None) -> torch.Tensor:
+    """One token per row from (B, V) logits; greedy when temperature == 0."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already cover top_p (always keep the first).
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen)
