@@ -110,6 +110,22 @@ def test_original_bin_format_with_mask_buffers(hf_dir, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_sharded_safetensors_with_index(hf_dir, tmp_path):
+    tensors = load_file(hf_dir / "model.safetensors")
+    names = sorted(tensors)
+    out = tmp_path / "sharded"
+    out.mkdir()
+    shutil.copy(hf_dir / "config.json", out / "config.json")
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        file = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, out / file)
+        weight_map.update({n: file for n in part})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    a, b = load_hf_gpt2(hf_dir), load_hf_gpt2(out)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker
