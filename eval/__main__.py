@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval import EvalError
+from eval import EvalError, OneLineParser
 from eval.evaluate import (Runtime, Target, checkpoint_target, evaluate_target, hf_target,
                            run_config, setup_runtime, teardown)
 from eval.tasks import Tasks, build_tasks
@@ -33,7 +33,7 @@ USER_ERRORS = (EvalError, CheckpointError, ConfigError, ShardError, HellaSwagErr
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", metavar="PATH", help="a checkpoint dir, or a run dir (its latest complete checkpoint)")
     what.add_argument("--hf", metavar="NAME_OR_DIR", help="GPT-2 weights in Hugging Face format (hub name or local dir)")

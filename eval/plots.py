@@ -1,8 +1,9 @@
 """The report's PNG plots (matplotlib, headless): losses and HellaSwag against tokens seen.
 
 Each plot function draws one or more runs (compare mode overlays them, one colour per
-run), adds dashed reference lines for published baselines, and returns the labels of
-the series it drew, so tests can check what a picture contains without reading pixels.
+run), adds dashed reference lines for published baselines, and returns {label: number
+of points} of the series it drew, so tests can check what a picture contains without
+reading pixels (a horizontal line counts as one point).
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def _new_axes(title: str, ylabel: str):
     return fig, ax
 
 
-def _references(ax, references) -> list[str]:
-    labels = []
+def _references(ax, references) -> dict[str, int]:
+    labels = {}
     for (value, label), style in zip(references, REFERENCE_STYLES):
         ax.axhline(value, linewidth=1.3, label=label, **style)
-        labels.append(label)
+        labels[label] = 1
     return labels
 
 
@@ -77,20 +78,20 @@ def _label(run: RunData, series: str, many: bool) -> str:
     return f"{run.name}: {series}" if many else series
 
 
-def plot_loss(runs: list[RunData], path: Path) -> list[str]:
+def plot_loss(runs: list[RunData], path: Path) -> dict[str, int]:
     """Train loss (raw, faint; smoothed, solid) and val loss (in-loop line, eval markers)."""
     fig, ax = _new_axes("Loss", "cross-entropy loss (nats/token)")
-    many, labels, seen, trains = len(runs) > 1, [], [], []
+    many, labels, seen, trains = len(runs) > 1, {}, [], []
     for i, run in enumerate(runs):
         color = f"C{i}"
         if run.train:
             x, y = np.array(run.train).T
             window = min(len(y), max(5, len(y) // 50)) | 1  # odd, so the mean is centred
-            ax.plot(x, y, color=color, alpha=0.35, linewidth=0.8, label=_label(run, "train loss (raw)", many))
-            ax.plot(x, smooth(y, window), color=color, linewidth=2.0,
-                    label=_label(run, f"train loss (smoothed, {window}-point mean)", many))
-            labels += [_label(run, "train loss (raw)", many),
-                       _label(run, f"train loss (smoothed, {window}-point mean)", many)]
+            raw, smoothed = (_label(run, "train loss (raw)", many),
+                             _label(run, f"train loss (smoothed, {window}-point mean)", many))
+            ax.plot(x, y, color=color, alpha=0.35, linewidth=0.8, label=raw)
+            ax.plot(x, smooth(y, window), color=color, linewidth=2.0, label=smoothed)
+            labels[raw] = labels[smoothed] = len(y)
             trains += list(y)
         for source, series, style in (("in-loop", run.val_inloop, dict(linestyle="--", marker=None)),
                                       ("eval", run.val_eval, dict(linestyle="none", marker="o"))):
@@ -98,14 +99,14 @@ def plot_loss(runs: list[RunData], path: Path) -> list[str]:
             if series:
                 x, y = np.array(series).T
                 ax.plot(x, y, color=color, linewidth=1.6, markersize=5, label=label, **style)
-                labels.append(label)
+                labels[label] = len(y)
                 seen += list(y)
         for name, value in run.untimed("val_loss"):  # e.g. --hf gpt2: no training position
             label = _label(run, f"val loss of {name} ({value:.4f})", many)
             ax.axhline(value, color=color, linewidth=1.5, linestyle=(0, (6, 2, 1, 2)), label=label)
-            labels.append(label)
+            labels[label] = 1
             seen.append(value)
-    labels += _references(ax, VAL_LOSS_REFERENCES)
+    labels.update(_references(ax, VAL_LOSS_REFERENCES))
     if seen or trains:
         low = min(seen + trains + [VAL_LOSS_REFERENCES[0][0]])
         # Hide the first steps' ~11 nats of train loss once training has gone far below
@@ -117,10 +118,10 @@ def plot_loss(runs: list[RunData], path: Path) -> list[str]:
     return labels
 
 
-def plot_hellaswag(runs: list[RunData], path: Path) -> list[str]:
+def plot_hellaswag(runs: list[RunData], path: Path) -> dict[str, int]:
     """HellaSwag acc_norm: in-loop (possibly on a --limit subset) and from eval."""
     fig, ax = _new_axes("HellaSwag (completion style, acc_norm)", "acc_norm")
-    many, labels, seen = len(runs) > 1, [], [0.25, 0.337]
+    many, labels, seen = len(runs) > 1, {}, [0.25, 0.337]
     for i, run in enumerate(runs):
         color = f"C{i}"
         for source, series, style in (("in-loop", run.hellaswag_inloop, dict(linestyle="--", marker=".")),
@@ -130,14 +131,14 @@ def plot_hellaswag(runs: list[RunData], path: Path) -> list[str]:
                 ns = sorted({int(v) for v in n})
                 label = _label(run, f"acc_norm ({source}, n={'/'.join(map(str, ns))})", many)
                 ax.plot(x, y, color=color, linewidth=1.6, markersize=5, label=label, **style)
-                labels.append(label)
+                labels[label] = len(y)
                 seen += list(y)
         for name, value in run.untimed("hellaswag_acc_norm"):
             label = _label(run, f"acc_norm of {name} ({value:.4f})", many)
             ax.axhline(value, color=color, linewidth=1.5, linestyle=(0, (6, 2, 1, 2)), label=label)
-            labels.append(label)
+            labels[label] = 1
             seen.append(value)
-    labels += _references(ax, HELLASWAG_REFERENCES)
+    labels.update(_references(ax, HELLASWAG_REFERENCES))
     ax.set_ylim(min(seen) - 0.03, max(seen) + 0.03)
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
     _save(fig, path)

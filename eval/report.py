@@ -8,13 +8,13 @@ eval/ directory.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import sys
 import time
 from pathlib import Path
 
+from eval import OneLineParser
 from eval.plots import HELLASWAG_REFERENCES, VAL_LOSS_REFERENCES, format_tokens, plot_hellaswag, plot_loss
 from eval.rundata import RunData, load_run
 from pipeline.atomic import atomic_write_text
@@ -139,7 +139,7 @@ def write_report(run_dir: str | Path, compare: list[str | Path] = ()) -> list[Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m eval.report", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="the run whose eval/ directory receives the report")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR", help="more runs to overlay")
     args = p.parse_args(argv)

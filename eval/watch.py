@@ -10,7 +10,8 @@ Designed to run as its own (Slurm) job beside training:
 - one watcher per run: a second one exits with an error instead of racing the first;
 - it stops on --stop-file, --until-step, --exit-when-done (the run's final step,
   train.max_steps, has been evaluated), --max-idle seconds without a new checkpoint, or
-  SIGTERM; otherwise it polls every --interval seconds.
+  SIGTERM; otherwise it polls every --interval seconds. (--exit-when-done also honours
+  the trainer's RUN/exit.json: code 0 at step S means no checkpoint after S will come.)
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def watch(run_dir: Path, make_tasks: Callable[[Config | None], Tasks], rt: Runti
             if not logged:
                 rt.log(f"waiting for {run_dir} to appear")
                 logged = True
-            reason = _should_stop(rt, opts, {}, None, started)
+            reason = _should_stop(rt, opts, run_dir, {}, None, started)
             if reason:
                 rt.log(f"exiting: {reason}")
                 return 0
@@ -123,10 +124,13 @@ def _loop(run_dir: Path, make_tasks, rt: Runtime, opts: WatchOptions, on_evaluat
                 final_step = config.train.max_steps if config else None
                 rt.log(f"tasks: {tasks.describe()}")
             if _evaluate_one(target, tasks, rt, run_dir, opts, failed):
-                on_evaluated()
+                try:
+                    on_evaluated()
+                except Exception as err:  # a failed plot must not stop the evaluations
+                    rt.log(f"warning: report not written: {type(err).__name__}: {err}")
             settled[target.sha256] = target.step
             last_new = time.monotonic()
-        reason = _should_stop(rt, opts, settled, final_step, last_new)
+        reason = _should_stop(rt, opts, run_dir, settled, final_step, last_new)
         if reason:
             rt.log(f"exiting: {reason}")
             return 0
@@ -153,16 +157,31 @@ def _config_of(checkpoint: Path) -> Config | None:
     return run_config(state, checkpoint)
 
 
-def _should_stop(rt: Runtime, opts: WatchOptions, settled: dict[str, int], final_step: int | None,
-                 last_new: float) -> str | None:
+def _final_step(run_dir: Path, max_steps: int | None) -> tuple[int, str] | None:
+    """The step after which no checkpoint will come: train.max_steps, or earlier if the
+    trainer's exit.json reports a finished run (exit code 0, e.g. train.target_loss reached)."""
+    final = (max_steps, "train.max_steps") if max_steps is not None else None
+    try:
+        info = json.loads((run_dir / "exit.json").read_text())
+    except (OSError, ValueError):
+        return final
+    if isinstance(info, dict) and info.get("code") == 0 and isinstance(info.get("step"), int):
+        if final is None or info["step"] < final[0]:
+            final = (info["step"], f"exit.json: {info.get('reason', 'finished')}")
+    return final
+
+
+def _should_stop(rt: Runtime, opts: WatchOptions, run_dir: Path, settled: dict[str, int],
+                 final_step: int | None, last_new: float) -> str | None:
     reason = None
     if rt.main:
         if opts.stop_file is not None and opts.stop_file.exists():
             reason = f"stop file {opts.stop_file} exists"
         elif opts.until_step is not None and any(s >= opts.until_step for s in settled.values()):
             reason = f"a checkpoint at step >= {opts.until_step} is evaluated"
-        elif opts.exit_when_done and final_step is not None and any(s >= final_step for s in settled.values()):
-            reason = f"the run's final step {final_step} (train.max_steps) is evaluated"
+        elif opts.exit_when_done and (final := _final_step(run_dir, final_step)) is not None \
+                and any(s >= final[0] for s in settled.values()):
+            reason = f"the run's final step {final[0]} ({final[1]}) is evaluated"
         elif opts.max_idle is not None and time.monotonic() - last_new > opts.max_idle:
             reason = f"no new checkpoint for {opts.max_idle:g}s (--max-idle)"
     return rt.agree(reason)

@@ -20,6 +20,7 @@ taken. Tests check that both give the same predictions.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,6 @@ def hellaswag_sha256(path: str | Path, limit: int = 0) -> str:
         if not path.is_file():
             raise HellaSwagError(f"{path}: HellaSwag file not found")
         return sha256_file(path)
-    import hashlib
     h = hashlib.sha256()
     for _, raw in _rows(path, limit):
         h.update(raw)
@@ -129,8 +129,10 @@ def verify_hellaswag(path: str | Path, expected: str = HELLASWAG_VAL_SHA256) -> 
 # ----------------------------------------------------------------------------- scoring
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
+    """The GPT inside DistributedDataParallel (.module) and torch.compile (._orig_mod)."""
+    while (inner := getattr(model, "_orig_mod", None) or getattr(model, "module", None)) is not None:
+        model = inner
+    return model
 
 
 def _check_length(model: torch.nn.Module, ex: Example) -> None:
@@ -290,6 +292,8 @@ def evaluate_hellaswag(model: torch.nn.Module, examples: list[Example], device: 
 
     Every rank must call this (the counts are all-reduced), and all get the same result.
     """
+    if not examples:
+        raise HellaSwagError("no HellaSwag examples to evaluate")
     device = torch.device(device)
     mine = examples[rank::world_size]
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # [correct, correct_norm, n]
