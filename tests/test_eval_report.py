@@ -9,7 +9,6 @@ import matplotlib.image
 import pytest
 
 from _eval_support import TOKENS_PER_STEP, make_run, tiny_config
-from conftest import run_module
 from eval.plots import plot_hellaswag, plot_loss
 from eval.report import main, write_report
 from eval.results import append_result
@@ -103,6 +102,6 @@ def test_torn_and_garbled_lines_do_not_stop_a_report(run):
     assert load_run(run).train[-1] == (15872, 3.9)
 
 
-def test_report_cli_errors_on_a_missing_run(tmp_path):
-    proc = run_module("eval.report", tmp_path / "nope", check=False)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+def test_report_cli_errors_on_a_missing_run(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such run directory\n"
