@@ -217,8 +217,11 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "model") -> dict[str, torch.Tensor]:
     """Our state dict -> HF GPT2LMHeadModel tensors (Conv1D layout, real vocab, fp32)."""
-    for prefix in WRAPPERS:
-        if sd and all(k.startswith(prefix) for k in sd):
+    unwrapped = False
+    while sd and not unwrapped:  # DDP(compile(model)) saves 'module._orig_mod.' keys
+        prefix = next((p for p in WRAPPERS if all(k.startswith(p) for k in sd)), None)
+        unwrapped = prefix is None
+        if prefix:
             sd = {k.removeprefix(prefix): v for k, v in sd.items()}
     _check_names({k: tuple(v.shape) for k, v in sd.items()}, _expected_shapes(cfg), str(source))
     hf = {}

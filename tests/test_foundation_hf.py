@@ -12,7 +12,7 @@ import torch
 from conftest import run_module
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import Config, ModelConfig
-from pipeline.hf import HFError, export_hf, load_hf_gpt2, main
+from pipeline.hf import HFError, export_hf, load_hf_gpt2, main, to_hf_state_dict
 from pipeline.model import GPT
 from pipeline.safetensors_io import load_file, save_file
 
@@ -89,6 +89,10 @@ def test_round_trip_is_exact(tmp_path):
     torch.manual_seed(3)
     ours = GPT(ModelConfig(**SMALL, block_size=BLOCK))
     back = load_hf_gpt2(export_hf(ours, tmp_path / "x"))
+    # A state dict saved through DDP(torch.compile(model)) exports the same tensors.
+    wrapped = {"module._orig_mod." + k: v for k, v in ours.state_dict().items()}
+    plain = to_hf_state_dict(ours.state_dict(), ours.config)
+    assert all(torch.equal(plain[k], v) for k, v in to_hf_state_dict(wrapped, ours.config).items())
     for (name, a), b in zip(ours.state_dict().items(), back.state_dict().values()):
         if name == "transformer.wte.weight" or name == "lm_head.weight":
             assert torch.equal(a[:50257], b[:50257]) and b[50257:].abs().max() == 0, name
