@@ -1,0 +1,164 @@
+"""Cut the token stream into shards, write each atomically, record it in the manifest.
+
+The stream is the concatenation of every document's [EOT] + encode_ordinary(text) in
+source order; shard k holds stream tokens [k*shard_size, (k+1)*shard_size), the last shard
+the remainder. That is exactly build-nanogpt's fineweb.py output for the same documents
+(tests/test_data_prep_compat.py re-implements its loop and compares bytes).
+
+Every manifest shard entry also records `end`: the document holding the shard's last token,
+as {file, row, tokens} = "the first `tokens` tokens (EOT included) of document `row` of input
+file `file` are in this or earlier shards". It depends only on the stream, never on how it
+was chunked, so a resumed run, which restarts from the last entry's `end`, writes the same
+bytes and the same manifest as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import io
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+
+from data_prep import DataPrepError
+from data_prep.sources import Position
+from pipeline.atomic import atomic_write
+from pipeline.shards import DTYPE, shard_filename, write_manifest
+from pipeline.tokenizer import EOT
+
+CRASH_ENV = "DATA_PREP_CRASH_AT"  # test hook, see crash_point
+_crash_counts: collections.Counter = collections.Counter()
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process at the N-th pass through `name` when $DATA_PREP_CRASH_AT is
+    "name:N", so tests can kill -9 at exact moments (e.g. between a shard's rename and the
+    manifest update). A no-op otherwise."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point == name:
+        _crash_counts[name] += 1
+        if _crash_counts[name] >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def npy_header(length: int) -> bytes:
+    """The exact header np.save writes for a 1-D uint16 array of this length."""
+    header = io.BytesIO()
+    fields = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": (length,)}
+    np.lib.format.write_array_header_1_0(header, fields)
+    return header.getvalue()
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> str:
+    """np.save-identical bytes via temp file + fsync + rename; returns the file's sha256."""
+    header = npy_header(len(tokens))
+    digest = hashlib.sha256(header)
+    digest.update(memoryview(tokens))
+
+    def write(f):
+        f.write(header)
+        f.write(memoryview(tokens))
+        f.flush()
+        crash_point("shard_written")  # temp file complete, not yet renamed
+
+    atomic_write(path, write)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Fills one shard-sized buffer from tokenized chunks; writes a shard whenever it is full."""
+
+    def __init__(self, out: Path, manifest: dict, shard_size: int, max_tokens: int | None):
+        self.out = out
+        self.manifest = manifest
+        self.shard_size = shard_size
+        self.previous_tokens = sum(s["tokens"] for s in manifest["shards"])
+        self.budget = None if max_tokens is None else max(0, max_tokens - self.previous_tokens)
+        self.buffer = np.empty(shard_size, dtype=DTYPE)  # pages are only touched as they fill
+        self.fill = 0
+        self.last: Position | None = None  # where the last buffered token came from
+        self.tokens = 0  # this run's tokens and documents (for progress and the summary)
+        self.documents = 0
+
+    @property
+    def done(self) -> bool:
+        """True once --max-tokens is reached: the caller stops reading."""
+        return self.budget == 0
+
+    def add(self, file: int, rows: list[int], tokens: np.ndarray, lengths: np.ndarray, skip: int = 0) -> None:
+        """Append one chunk: documents rows[i] of input `file`, `tokens` their concatenation,
+        lengths[i] the token count of document i. The first `skip` tokens (a document that
+        straddles the previous run's last shard) are already in a shard and are dropped."""
+        ends = np.cumsum(lengths)
+        if skip > ends[0]:
+            raise DataPrepError(f"input file #{file} row {rows[0]} is shorter than when the previous run "
+                                "stopped in it: the input changed (use --overwrite to start over)")
+        self.documents += int(len(lengths) - (1 if skip else 0))
+        pos = skip
+        while pos < len(tokens) and self.budget != 0:
+            take = min(self.shard_size - self.fill, len(tokens) - pos)
+            if self.budget is not None:
+                take = min(take, self.budget)
+                self.budget -= take
+            self.buffer[self.fill:self.fill + take] = tokens[pos:pos + take]
+            self.fill += take
+            pos += take
+            self.tokens += take
+            # the document holding stream token pos-1: the first whose end is past it
+            doc = int(np.searchsorted(ends, pos, side="left"))
+            self.last = Position(file, rows[doc], int(pos - (ends[doc] - lengths[doc])))
+            if self.fill == self.shard_size:
+                self._write_shard()
+        if pos < len(tokens):  # --max-tokens cut this chunk: documents starting at or after pos never started
+            self.documents -= int(len(lengths) - np.searchsorted(ends - lengths, pos, side="left"))
+
+    def finish(self) -> None:
+        """Write the remainder as the last shard and mark the manifest complete."""
+        if self.fill:
+            self._write_shard()
+        if not self.manifest["shards"]:
+            raise DataPrepError("the input holds no documents: nothing to write")
+        self.manifest["complete"] = True
+        self._save_manifest()
+
+    def _write_shard(self) -> None:
+        index = len(self.manifest["shards"])
+        split = "val" if index == 0 else "train"  # build-nanogpt: shard 0 is the validation shard
+        name = shard_filename(self.manifest["prefix"], split, index)
+        tokens = self.buffer[:self.fill]
+        try:
+            sha256 = write_shard(self.out / name, tokens)
+        except OSError as err:
+            raise self._disk_error(err, name) from None
+        crash_point("shard_renamed")  # shard in place, manifest not yet updated
+        self.manifest["shards"].append({
+            "file": name, "split": split, "tokens": int(self.fill),
+            "documents": int(np.count_nonzero(tokens == EOT)),  # documents that start in this shard
+            "sha256": sha256,
+            "end": {"file": self.last.file, "row": self.last.row, "tokens": self.last.tokens},
+        })
+        self._save_manifest()
+        crash_point("manifest_written")
+        self.fill = 0
+
+    def _save_manifest(self) -> None:
+        try:
+            write_manifest(self.out, self.manifest)
+        except OSError as err:
+            raise self._disk_error(err, "manifest.json") from None
+
+    def _disk_error(self, err: OSError, name: str) -> Exception:
+        kept = len(self.manifest["shards"])
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "disk full"
+        else:
+            what = err.strerror or str(err)
+        return DataPrepError(f"{self.out / name}: cannot write ({what}); the {kept} complete shard(s) listed in "
+                             f"{self.out / 'manifest.json'} are intact: fix this and re-run the same command to resume")
