@@ -23,7 +23,8 @@ from data_prep import DataPrepError
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, resolve_hub_files
 from data_prep.output import open_output
 from data_prep.progress import Progress, peak_rss_mb
-from data_prep.shard_writer import ShardWriter, crash_point
+from data_prep.crash_points import crash_point
+from data_prep.shard_writer import ShardWriter
 from data_prep.sources import ENCODING_POLICIES, Position, SourceFile, expand_globs, kind_of, read_chunks
 from data_prep.tokenize import TokenizerPool, default_workers
 from pipeline.shards import FORMAT, FORMAT_VERSION, ShardError

@@ -34,11 +34,13 @@ def resolve_hub_files(dataset: str, name: str | None, split: str,
     try:
         builder = datasets.load_dataset_builder(dataset, name=name, revision=revision)
     except Exception as err:  # network, auth, unknown dataset/config: all end the same way for the user
+        sample = re.fullmatch(r"sample-(\w+)", name or "")  # FineWeb's sample-10BT lives in sample/10BT/
+        include = f" --include 'sample/{sample.group(1)}/*'" if sample else ""
         raise DataPrepError(
             f"cannot resolve hub dataset {dataset!r} (config {name!r}): {type(err).__name__}: {err}. "
             "Without internet access, download its parquet files on a machine that has it "
-            "(e.g. `huggingface-cli download --repo-type dataset "
-            f"{dataset} --include 'sample/10BT/*'`) and pass them with --files 'DIR/*.parquet'") from None
+            f"(`huggingface-cli download --repo-type dataset {dataset}{include}`) "
+            "and pass them in order with --files 'DIR/*.parquet'") from None
     data_files = builder.config.data_files or {}
     if split not in data_files:
         raise DataPrepError(f"hub dataset {dataset!r} (config {name!r}) has no split {split!r} "

@@ -14,38 +14,19 @@ bytes and the same manifest as an uninterrupted one.
 
 from __future__ import annotations
 
-import collections
 import errno
 import hashlib
 import io
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 
 from data_prep import DataPrepError
+from data_prep.crash_points import crash_point
 from data_prep.sources import Position
 from pipeline.atomic import atomic_write
 from pipeline.shards import DTYPE, shard_filename, write_manifest
 from pipeline.tokenizer import EOT
-
-CRASH_ENV = "DATA_PREP_CRASH_AT"  # test hook, see crash_point
-_crash_counts: collections.Counter = collections.Counter()
-
-
-def crash_point(name: str) -> None:
-    """SIGKILL this process at the N-th pass through `name` when $DATA_PREP_CRASH_AT is
-    "name:N", so tests can kill -9 at exact moments (e.g. between a shard's rename and the
-    manifest update). A no-op otherwise."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point == name:
-        _crash_counts[name] += 1
-        if _crash_counts[name] >= int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def npy_header(length: int) -> bytes:

@@ -85,7 +85,7 @@ def expand_globs(patterns: list[str]) -> list[SourceFile]:
 
 
 def read_chunks(files: list[SourceFile], start: Position, text_column: str, encoding_errors: str,
-                warn: Warn, target_bytes: int = 1 << 19, max_docs: int = 4096) -> Iterator[Chunk]:
+                warn: Warn, target_bytes: int = 1 << 18, max_docs: int = 4096) -> Iterator[Chunk]:
     """Documents from `start` on, grouped into chunks of about target_bytes of text.
 
     Chunks never span files. Chunk size only affects scheduling, never the output: shard

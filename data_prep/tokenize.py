@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from data_prep import DataPrepError
+from data_prep.crash_points import crash_point
 from data_prep.sources import Chunk
 from pipeline.tokenizer import EOT, get_tokenizer
 
@@ -60,6 +61,7 @@ def _encode_ordinary(enc, text: str) -> np.ndarray:
 
 
 def _worker_encode(texts: list[str]):
+    crash_point("worker")
     try:
         return encode_documents(texts)
     except Exception as err:  # reported by the main process as one clear line, not a worker traceback
@@ -118,20 +120,20 @@ class TokenizerPool:
                 yield (chunk, *encode_documents(chunk.texts))
             return
         pending = collections.deque()
-        for chunk in chunks:
-            pending.append((chunk, self._executor.submit(_worker_encode, chunk.texts)))
-            if len(pending) >= self.window:
+        try:
+            for chunk in chunks:
+                pending.append((chunk, self._executor.submit(_worker_encode, chunk.texts)))
+                if len(pending) >= self.window:
+                    yield self._result(*pending.popleft(), file_names)
+            while pending:
                 yield self._result(*pending.popleft(), file_names)
-        while pending:
-            yield self._result(*pending.popleft(), file_names)
+        except BrokenProcessPool:  # from submit() or result(), whichever notices first
+            raise DataPrepError("a tokenizer worker process died (killed, or out of memory?); complete "
+                                "shards are intact, re-run the same command to resume") from None
 
     @staticmethod
     def _result(chunk: Chunk, future, file_names: list[str]) -> tuple[Chunk, np.ndarray, np.ndarray]:
-        try:
-            result = future.result()
-        except BrokenProcessPool:
-            raise DataPrepError("a tokenizer worker process died (killed, or out of memory?); complete "
-                                "shards are intact, re-run the same command to resume") from None
+        result = future.result()
         if isinstance(result, str):
             raise DataPrepError(f"{file_names[chunk.file]}: tokenizing rows {chunk.rows[0]}-{chunk.rows[-1]} "
                                 f"failed: {result}")
