@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from data_prep import DataPrepError
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, resolve_hub_files
@@ -25,7 +26,8 @@ from data_prep.output import open_output
 from data_prep.progress import Progress, peak_rss_mb
 from data_prep.crash_points import crash_point
 from data_prep.shard_writer import ShardWriter
-from data_prep.sources import ENCODING_POLICIES, Position, SourceFile, expand_globs, kind_of, read_chunks
+from data_prep.sources import (ENCODING_POLICIES, Position, SourceFile, expand_globs, kind_of, read_ahead,
+                               read_chunks)
 from data_prep.tokenize import TokenizerPool, default_workers
 from pipeline.shards import FORMAT, FORMAT_VERSION, ShardError
 from pipeline.tokenizer import TokenizerError, tokenizer_fingerprint
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
         return 130
 
 
-def describe_source(args) -> tuple[dict, callable]:
+def describe_source(args) -> tuple[dict, Callable[[], dict | None]]:
     """(what the manifest records about the input, a function resolving the hub file list)."""
     common = {"text_column": args.text_column, "encoding_errors": args.encoding_errors}
     if args.files:
@@ -135,19 +137,22 @@ def run(args) -> int:
     with TokenizerPool(args.workers) as pool:
         progress = Progress(args.max_tokens, writer.previous_tokens, enabled=not args.no_progress)
         try:
-            chunks = read_chunks(files, start, args.text_column, args.encoding_errors, progress.note)
-            skip = start.tokens
-            for chunk, tokens, lengths in ([] if writer.done else pool.map(chunks, [f.path for f in files])):
+            chunks = read_ahead(read_chunks(files, start, args.text_column, args.encoding_errors, progress.note),
+                                depth=pool.window)
+            results = pool.map(chunks, [f.path for f in files]) if not writer.done else iter(())
+            skip = start.tokens  # tokens of the first document already in the last complete shard
+            for chunk, tokens, lengths in results:
                 before = (writer.tokens, writer.documents)
                 writer.add(chunk.file, chunk.rows, tokens, lengths, skip)
                 skip = 0
                 progress.update(writer.tokens - before[0], writer.documents - before[1], chunk.nbytes,
-                                len(manifest["shards"]))
+                                writer.next_index)
                 crash_point("chunk")
                 if writer.done:
                     break
             writer.finish()
         finally:
+            writer.close()
             progress.close()
     _report(out, manifest, writer, progress)
     return 0
@@ -159,7 +164,8 @@ def _report(out: Path, manifest: dict, writer: ShardWriter, progress: Progress) 
     own, child = peak_rss_mb()
     print(f"{out}: wrote {len(shards)} shards, {total:,} tokens, {sum(s['documents'] for s in shards):,} documents "
           f"(this run: {writer.tokens:,} tokens in {progress.elapsed():.1f} s, {progress.tokens_per_s():,.0f} tok/s, "
-          f"{progress.mb_per_s():.1f} MB/s; peak RSS {own:.0f} MB main, {child:.0f} MB per worker)")
+          f"{progress.mb_per_s():.1f} MB/s; peak RSS {own:.0f} MB main"
+          + (f", {child:.0f} MB largest worker)" if child else ")"))
     if len(shards) == 1:
         print(f"note: only the val shard was written ({total:,} tokens < --shard-size {manifest['shard_size']:,}); "
               "training needs train shards too: use a smaller --shard-size", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ from data_prep.crash_points import crash_point
 from data_prep.sources import Position
 from pipeline.atomic import atomic_write
 from pipeline.shards import DTYPE, shard_filename, write_manifest
-from pipeline.tokenizer import EOT
 
 
 def npy_header(length: int) -> bytes:
@@ -54,7 +54,9 @@ def write_shard(path: Path, tokens: np.ndarray) -> str:
 
 
 class ShardWriter:
-    """Fills one shard-sized buffer from tokenized chunks; writes a shard whenever it is full."""
+    """Fills a shard-sized buffer from tokenized chunks; each full buffer is written, hashed and
+    recorded by a background thread while the next one fills, so the tokenizer workers never
+    wait for the disk. At most two buffers exist; shards are recorded strictly in order."""
 
     def __init__(self, out: Path, manifest: dict, shard_size: int, max_tokens: int | None):
         self.out = out
@@ -64,9 +66,13 @@ class ShardWriter:
         self.budget = None if max_tokens is None else max(0, max_tokens - self.previous_tokens)
         self.buffer = np.empty(shard_size, dtype=DTYPE)  # pages are only touched as they fill
         self.fill = 0
+        self.fill_documents = 0  # documents whose end-of-text token is in the buffer
         self.last: Position | None = None  # where the last buffered token came from
+        self.next_index = len(manifest["shards"])
         self.tokens = 0  # this run's tokens and documents (for progress and the summary)
         self.documents = 0
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: Future | None = None
 
     @property
     def done(self) -> bool:
@@ -78,10 +84,10 @@ class ShardWriter:
         lengths[i] the token count of document i. The first `skip` tokens (a document that
         straddles the previous run's last shard) are already in a shard and are dropped."""
         ends = np.cumsum(lengths)
+        starts = ends - lengths
         if skip > ends[0]:
             raise DataPrepError(f"input file #{file} row {rows[0]} is shorter than when the previous run "
                                 "stopped in it: the input changed (use --overwrite to start over)")
-        self.documents += int(len(lengths) - (1 if skip else 0))
         pos = skip
         while pos < len(tokens) and self.budget != 0:
             take = min(self.shard_size - self.fill, len(tokens) - pos)
@@ -89,45 +95,61 @@ class ShardWriter:
                 take = min(take, self.budget)
                 self.budget -= take
             self.buffer[self.fill:self.fill + take] = tokens[pos:pos + take]
+            started = int(np.searchsorted(starts, pos + take) - np.searchsorted(starts, pos))
             self.fill += take
-            pos += take
+            self.fill_documents += started
+            self.documents += started
             self.tokens += take
+            pos += take
             # the document holding stream token pos-1: the first whose end is past it
             doc = int(np.searchsorted(ends, pos, side="left"))
-            self.last = Position(file, rows[doc], int(pos - (ends[doc] - lengths[doc])))
+            self.last = Position(file, rows[doc], int(pos - starts[doc]))
             if self.fill == self.shard_size:
                 self._write_shard()
-        if pos < len(tokens):  # --max-tokens cut this chunk: documents starting at or after pos never started
-            self.documents -= int(len(lengths) - np.searchsorted(ends - lengths, pos, side="left"))
 
     def finish(self) -> None:
         """Write the remainder as the last shard and mark the manifest complete."""
         if self.fill:
             self._write_shard()
+        self._wait()
         if not self.manifest["shards"]:
             raise DataPrepError("the input holds no documents: nothing to write")
         self.manifest["complete"] = True
         self._save_manifest()
 
+    def close(self) -> None:
+        """Let a shard being written finish (also after an error elsewhere: that error is the one
+        reported), then stop the writer thread."""
+        if self._pending is not None:
+            wait([self._pending])
+        self._thread.shutdown(wait=True)
+
     def _write_shard(self) -> None:
-        index = len(self.manifest["shards"])
+        self._wait()  # the previous shard is on disk and recorded before this one starts
+        entry = {"index": self.next_index, "tokens": self.buffer[:self.fill], "documents": self.fill_documents,
+                 "end": {"file": self.last.file, "row": self.last.row, "tokens": self.last.tokens}}
+        self._pending = self._thread.submit(self._store, **entry)
+        self.next_index += 1
+        self.buffer = np.empty(self.shard_size, dtype=DTYPE)  # the old one is the writer's now
+        self.fill = self.fill_documents = 0
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises the writer's error (disk full ...) here
+
+    def _store(self, index: int, tokens: np.ndarray, documents: int, end: dict) -> None:
         split = "val" if index == 0 else "train"  # build-nanogpt: shard 0 is the validation shard
         name = shard_filename(self.manifest["prefix"], split, index)
-        tokens = self.buffer[:self.fill]
         try:
             sha256 = write_shard(self.out / name, tokens)
         except OSError as err:
             raise self._disk_error(err, name) from None
         crash_point("shard_renamed")  # shard in place, manifest not yet updated
-        self.manifest["shards"].append({
-            "file": name, "split": split, "tokens": int(self.fill),
-            "documents": int(np.count_nonzero(tokens == EOT)),  # documents that start in this shard
-            "sha256": sha256,
-            "end": {"file": self.last.file, "row": self.last.row, "tokens": self.last.tokens},
-        })
+        self.manifest["shards"].append({"file": name, "split": split, "tokens": len(tokens),
+                                        "documents": documents, "sha256": sha256, "end": end})
         self._save_manifest()
         crash_point("manifest_written")
-        self.fill = 0
 
     def _save_manifest(self) -> None:
         try:

@@ -23,6 +23,8 @@ import glob
 import gzip
 import json
 import os
+import queue
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -237,3 +239,47 @@ def decode_bytes(data: bytes, policy: str, where: str, warn: Warn) -> str:
         raise DataPrepError(f"{where}: not valid UTF-8 at byte {err.start} ({bad!r}...); re-run with "
                             "--encoding-errors cp1252 to read such files as Windows-1252/Latin-1, "
                             "or --encoding-errors replace to substitute U+FFFD") from None
+
+
+def read_ahead(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+    """The same chunks, read by a background thread up to `depth` chunks ahead.
+
+    Hub parquet row groups arrive over HTTP; reading them in the consumer's thread would
+    leave the tokenizer workers idle during every download. The bounded queue keeps memory
+    fixed, and an error (bad row, lost connection) is raised here at its place in the stream,
+    after every chunk before it.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():  # give up once the consumer has gone
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(err)
+        finally:
+            getattr(chunks, "close", lambda: None)()  # close the input file now, not at garbage collection
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -103,7 +103,7 @@ class TokenizerPool:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self.window = 2 * workers + 2
+        self.window = 2 * workers + 2  # chunks in flight: every worker busy, one more queued each
         self._executor = None
         if workers > 0:
             get_tokenizer()  # load before forking so workers inherit it instead of each loading it
@@ -120,8 +120,16 @@ class TokenizerPool:
                 yield (chunk, *encode_documents(chunk.texts))
             return
         pending = collections.deque()
+        chunks, bad_input = iter(chunks), None
         try:
-            for chunk in chunks:
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except DataPrepError as err:  # bad input ahead: first finish the documents before it
+                    bad_input = err
+                    break
                 pending.append((chunk, self._executor.submit(_worker_encode, chunk.texts)))
                 if len(pending) >= self.window:
                     yield self._result(*pending.popleft(), file_names)
@@ -130,6 +138,8 @@ class TokenizerPool:
         except BrokenProcessPool:  # from submit() or result(), whichever notices first
             raise DataPrepError("a tokenizer worker process died (killed, or out of memory?); complete "
                                 "shards are intact, re-run the same command to resume") from None
+        if bad_input is not None:
+            raise bad_input
 
     @staticmethod
     def _result(chunk: Chunk, future, file_names: list[str]) -> tuple[Chunk, np.ndarray, np.ndarray]:

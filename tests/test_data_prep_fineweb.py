@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from conftest import TEXT_DIR, run_module, subprocess_env
-from data_prep import fineweb, hub
+from data_prep import DataPrepError, fineweb, hub
 from data_prep.progress import Progress
+from data_prep.sources import read_ahead
 from data_prep.tokenize import encode_documents
 from data_prep_fixtures import SHARD, corpus, dir_bytes, read_shards, reference_encoding, reference_stream
 from pipeline.shards import load_shard_set, open_shard
@@ -167,3 +169,18 @@ def test_progress_lines_are_plain_in_logs():
     text = stream.getvalue()
     assert "\r" not in text and text.endswith("\n")
     assert "500 tokens (50.0%)" in text and "7 documents" in text and "tok/s" in text and "MB/s" in text
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_cleanly():
+    def chunks():
+        yield from range(5)
+        raise DataPrepError("bad row 5")
+
+    stream = read_ahead(chunks(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]  # everything before the error first
+    with pytest.raises(DataPrepError, match="bad row 5"):
+        next(stream)
+    stream = read_ahead(iter(range(10_000)), depth=2)
+    assert next(stream) == 0
+    stream.close()  # consumer stops early (--max-tokens): the reader thread must not hang
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
