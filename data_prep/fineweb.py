@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from data_prep import DataPrepError
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, resolve_hub_files
-from data_prep.output import open_output
+from data_prep.output import open_output, output_lock
 from data_prep.progress import Progress, peak_rss_mb
 from data_prep.crash_points import crash_point
 from data_prep.shard_writer import ShardWriter
@@ -80,17 +82,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+class Stopped(Exception):
+    """SIGTERM (Slurm preemption, time limit): stop like Ctrl-C, letting a shard write finish."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
         return run(args)
     except (DataPrepError, ShardError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted; the complete shards in {args.out} are kept, re-run the same command "
-              "to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Stopped) as err:
+        print(f"error: {'terminated' if isinstance(err, Stopped) else 'interrupted'}; the complete shards in "
+              f"{args.out} are kept, re-run the same command to resume", file=sys.stderr)
+        return 143 if isinstance(err, Stopped) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def describe_source(args) -> tuple[dict, Callable[[], dict | None]]:
@@ -121,6 +135,11 @@ def run(args) -> int:
              "source": source, "document_format": DOCUMENT_FORMAT, "shard_size": args.shard_size,
              "prefix": args.prefix, "max_tokens": args.max_tokens, "complete": False, "shards": []}
     out = Path(args.out)
+    with output_lock(out):
+        return _run_locked(args, out, fresh, resolve)
+
+
+def _run_locked(args, out: Path, fresh: dict, resolve) -> int:
     manifest = open_output(out, fresh, args.overwrite, resolve)
     shards = manifest["shards"]
     if manifest["complete"]:

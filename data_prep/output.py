@@ -9,10 +9,13 @@ Different settings, or .npy files with no manifest, are an error unless --overwr
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import re
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from data_prep import DataPrepError
 from data_prep.shard_writer import npy_header
@@ -20,16 +23,41 @@ from pipeline.shards import MANIFEST, SHARD_RE, ShardError, read_manifest, write
 
 # What must match for a directory to be the same run (everything that changes the bytes).
 SETTINGS = ("tokenizer", "source", "shard_size", "prefix", "max_tokens", "document_format")
+LOCK_FILE = ".data_prep.lock"  # held while a run writes; empty, harmless when left behind
 TEMP_FILE_RE = re.compile(r"^\..+\.tmp\.\d+$")  # pipeline.atomic's temp names
 _FIX = "use --overwrite to replace them, or choose another --out"
 
 
-def open_output(out: Path, fresh: dict, overwrite: bool, resolve: Callable[[], dict | None]) -> dict:
-    """The manifest to continue from: the previous run's if it matches `fresh`'s settings, else
-    `fresh` (its source completed by resolve(), called only when starting over) once written."""
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Create `out` and hold an exclusive lock on it for the run, so two runs never interleave
+    shards in one directory. A POSIX record lock: owned by this process only (forked workers
+    do not inherit it) and released by the kernel when the process dies, even by kill -9."""
     if out.exists() and not out.is_dir():
         raise DataPrepError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no locking
+            yield
+            return
+        try:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                raise DataPrepError(f"{out}: another data_prep.fineweb run is writing this directory; "
+                                    "wait for it to finish (or stop it), or choose another --out") from None
+            # Some cluster filesystems (Lustre without -o flock, old NFS) cannot lock at all.
+            print(f"warning: {out}: cannot lock the output directory ({err.strerror}); make sure no other "
+                  "run writes to it", file=sys.stderr)
+        yield
+
+
+def open_output(out: Path, fresh: dict, overwrite: bool, resolve: Callable[[], dict | None]) -> dict:
+    """The manifest to continue from: the previous run's if it matches `fresh`'s settings, else
+    `fresh` (its source completed by resolve(), called only when starting over) once written.
+    Call with output_lock(out) held."""
     if overwrite:
         remove_outputs(out)
     try:

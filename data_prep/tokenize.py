@@ -71,6 +71,7 @@ def _worker_encode(texts: list[str]):
 def _init_worker() -> None:
     global _encoding
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's graceful-stop handler
     _encoding = get_tokenizer()  # inherited already loaded under fork; loaded once otherwise
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 

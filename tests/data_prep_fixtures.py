@@ -151,5 +151,6 @@ def read_shards(out: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def dir_bytes(out: Path) -> dict[str, bytes]:
-    """Every file in a directory by name, for byte-identity comparisons."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+    """Every file in a directory by name (temp files included, the empty lock file not), for
+    byte-identity comparisons."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != ".data_prep.lock"}

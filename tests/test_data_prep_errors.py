@@ -13,6 +13,7 @@ import pytest
 
 from conftest import TEXT_DIR, run_module
 from data_prep import fineweb, shard_writer
+from data_prep.output import output_lock
 from data_prep_fixtures import corpus, dir_bytes, read_shards, reference_stream, write_jsonl
 from pipeline.shards import load_shard_set, open_shard
 
@@ -167,8 +168,8 @@ def test_disk_full_keeps_complete_shards_and_resumes(data, tmp_path, capsys, mon
     assert prep(files, out, "--max-tokens", "150000") == 2
     line = error_line(capsys)
     assert "fineweb_train_000002.npy: cannot write (disk full)" in line and "2 complete shard(s)" in line
-    assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.npy", "fineweb_val_000000.npy",
-                                                      "manifest.json"]  # no temp file left behind
+    assert sorted(p.name for p in out.iterdir()) == [".data_prep.lock", "fineweb_train_000001.npy",
+                                                      "fineweb_val_000000.npy", "manifest.json"]  # no temp file
     for info in load_shard_set(out, require_complete=False).shards:
         open_shard(info, verify_hash=True)
     monkeypatch.undo()
@@ -223,3 +224,11 @@ def test_gzip_reader_rejects_non_gzip(tmp_path, capsys):
     path.write_bytes(b'{"text": "plain, not gzipped"}\n')
     assert prep([path], tmp_path / "out") == 2
     assert f"{path}: unreadable near line 1" in error_line(capsys)
+
+
+def test_concurrent_run_on_the_same_directory_is_refused(data, tmp_path):
+    out = tmp_path / "out"
+    with output_lock(out):  # as if another run were writing here
+        proc = run_module("data_prep.fineweb", "--files", data.jsonl[0], "--out", out, check=False)
+    assert proc.returncode == 2 and "another data_prep.fineweb run is writing this directory" in proc.stderr
+    assert not (out / "manifest.json").exists()
