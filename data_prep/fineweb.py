@@ -18,15 +18,14 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
 from data_prep import DataPrepError
+from data_prep.crash_points import crash_point
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, resolve_hub_files
 from data_prep.output import open_output, output_lock
 from data_prep.progress import Progress, peak_rss_mb
-from data_prep.crash_points import crash_point
 from data_prep.shard_writer import ShardWriter
 from data_prep.sources import (ENCODING_POLICIES, Position, SourceFile, expand_globs, kind_of, read_ahead,
                                read_chunks)
@@ -97,6 +96,9 @@ def main(argv=None) -> int:
         return run(args)
     except (DataPrepError, ShardError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. no permission to create --out (disk-full is reported by the writer)
+        print(f"error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Stopped) as err:
         print(f"error: {'terminated' if isinstance(err, Stopped) else 'interrupted'}; the complete shards in "
