@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,14 @@ import torch
 from pipeline.atomic import read_jsonl, sha256_file
 from pipeline.shards import FORMAT, FORMAT_VERSION, shard_filename, write_manifest
 from pipeline.tokenizer import EOT, get_tokenizer, tokenizer_fingerprint
+from train.__main__ import main
 
 TEXT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
 
 # Uneven train shards, one shorter than a sequence, so sequences straddle shard ends.
 TRAIN_SHARD_TOKENS = (20_000, 7_777, 31, 15_000, 30_000)
 VAL_TOKENS = 8_000
+STEPS = 8  # max_steps of TINY_TOML
 
 TINY_TOML = """
 [model]
@@ -34,7 +37,7 @@ warmup_steps = 2
 
 [train]
 total_batch_size = 128
-micro_batch_size = 2
+micro_batch_size = 1
 seq_len = 32
 max_steps = 8
 device = "cpu"
@@ -84,6 +87,53 @@ def write_shards(directory: Path, train_sizes=TRAIN_SHARD_TOKENS, val_tokens=VAL
 def write_config(path: Path, data_dir: Path, text: str = TINY_TOML) -> Path:
     path.write_text(text.format(data=data_dir))
     return path
+
+
+def memo_dir(tmp_path_factory, name: str, build) -> Path:
+    """A directory built once per pytest session and shared by test modules: build(path)
+    runs only if path has no DONE marker yet."""
+    path = tmp_path_factory.getbasetemp() / name
+    if not (path / "DONE").exists():
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        build(path)
+        (path / "DONE").write_text("")
+    return path
+
+
+def shared_shards(tmp_path_factory) -> Path:
+    return memo_dir(tmp_path_factory, "train_shards", lambda p: write_shards(p / "data")) / "data"
+
+
+def train_here(*args) -> None:
+    """`python -m train` in this process on one thread, as the subprocesses run (bitwise-comparable
+    with them), skipping a child's ~5 s of imports."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([str(a) for a in args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def baseline_1p(tmp_path_factory):
+    """The uninterrupted reference: 8 steps, 1 process, grad_accum 4 (shared with the DDP tests)."""
+    def build(path):
+        config = write_config(path / "tiny.toml", shared_shards(tmp_path_factory))
+        train_here("--config", config, "--run-dir", path / "run")
+    return memo_dir(tmp_path_factory, "baseline_1p", build) / "run"
+
+
+def wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited {proc.returncode} early:\n{proc.communicate()[1][-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the trainer")
+        time.sleep(0.05)
 
 
 def train_rows(run_dir: Path) -> list[dict]:
