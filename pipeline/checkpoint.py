@@ -169,3 +169,16 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, keep_every: int) -> l
         shutil.rmtree(path)
         removed.append(path)
     return removed
+
+
+def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Delete leftovers of interrupted saves (step_N.tmp/, step_N.old/): never loadable, only disk.
+    Call only from the one process that writes checkpoints of this run."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    doomed = [p for p in root.iterdir() if p.is_dir() and p.suffix in (".tmp", ".old")
+              and STEP_RE.match(p.stem)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed

@@ -91,5 +91,5 @@ def test_sigkill_during_a_checkpoint_write_leaves_nothing_resume_would_load(conf
     assert latest_checkpoint(run).name == "step_000002"
     train_here("--config", config, "--run-dir", run, "--train.checkpoint_every=2")
     assert json.loads((run / "run.json").read_text())["resumed_from"].endswith("step_000002")
-    assert not partial.exists()  # the next save of step 4 replaced the leftover
+    assert not partial.exists()  # the resumed run cleared the leftover
     assert_same_run(run, baseline)

@@ -55,8 +55,9 @@ class InLoopEval:
         rows = [{"step": step, "kind": "val", "loss": loss, "tokens": tokens_seen}]
         if self.hellaswag is not None:
             from pipeline.hellaswag import evaluate_hellaswag
+            # 4 endings per example: about a training micro-batch of rows per forward pass.
             result = evaluate_hellaswag(model, self.hellaswag, self.env.device, autocast_dtype=self.autocast_dtype,
-                                        batch_size=cfg.train.micro_batch_size, rank=self.env.rank,
+                                        batch_size=max(1, cfg.train.micro_batch_size // 4), rank=self.env.rank,
                                         world_size=self.env.world_size)
             rows.append({"step": step, "kind": "hellaswag", "acc": result["acc"], "acc_norm": result["acc_norm"],
                          "n": result["n"], "tokens": tokens_seen})

@@ -18,6 +18,6 @@ def run(cfg: Config, run_dir: Path, resume: str, argv: list[str]) -> int:
         env = init_distributed(cfg.train.device)
         return Trainer(cfg, run_dir, resume, env, flag, argv).fit()
     finally:
-        flag.uninstall()
         if env is not None:
             close(env)
+        flag.uninstall()  # last: a late signal during teardown is still only a flag

@@ -63,6 +63,7 @@ def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: 
         "python": platform.python_version(),
         "device": device_name(device),
         "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from": str(resumed_from) if resumed_from else None,
     }

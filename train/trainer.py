@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint, prune_checkpoints, save_checkpoint
+from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                 remove_partial_checkpoints, save_checkpoint)
 from pipeline.config import Config
-from pipeline.distributed import DistEnv, all_reduce_sum, any_rank, gather_to_main
+from pipeline.distributed import DistEnv, all_reduce_sum, any_rank, barrier, gather_to_main
 from pipeline.model import GPT
 from pipeline.optimizer import build_optimizer
 from pipeline.shards import load_shard_set
@@ -75,6 +76,7 @@ class Trainer:
         if env.is_main:
             write_launch_files(self.run_dir, cfg, argv, env.world_size, self.device, ckpt)
             trim_metrics(self.run_dir, self.step if ckpt is not None else -1)
+            remove_partial_checkpoints(self.run_dir)
         self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps)
         self._describe(shards, ckpt, notes)
 
@@ -245,7 +247,6 @@ class Trainer:
         self.saved_step = self.step
 
     def _too_many_bad(self, count: int) -> int:
-        from pipeline.checkpoint import latest_checkpoint
         last = latest_checkpoint(self.run_dir)
         if self.env.is_main:
             print(f"error: {count} non-finite steps in a row (steps {self.step - count + 1}..{self.step}, "
@@ -258,4 +259,7 @@ class Trainer:
         self.log.close()
         if self.env.is_main:
             write_exit(self.run_dir, code, reason, self.step)
+        # Leave together: under torchrun, the first rank to exit non-zero makes the agent
+        # signal the others, which must not catch rank 0 before it has written exit.json.
+        barrier(self.env)
         return code
