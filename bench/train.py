@@ -39,8 +39,9 @@ from pipeline.config import MODEL_PRESETS, resolve  # noqa: E402
 from pipeline.distributed import pick_device  # noqa: E402
 from pipeline.model import GPT  # noqa: E402
 from pipeline.optimizer import build_optimizer  # noqa: E402
-from pipeline.shards import shard_filename  # noqa: E402
+from pipeline.shards import load_shard_set, shard_filename  # noqa: E402
 from pipeline.tokenizer import EOT, get_tokenizer  # noqa: E402
+from train.loader import TrainLoader  # noqa: E402
 from train.metrics import peak_flops  # noqa: E402
 from train.run import run as run_trainer  # noqa: E402
 from train.trainer import autocast_dtype  # noqa: E402
@@ -85,14 +86,18 @@ def bare_loop(cfg, device: torch.device, steps: int, compile_model: bool) -> lis
     fwd = torch.compile(model) if compile_model else model
     dtype = autocast_dtype(tc.dtype, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    batch = torch.randint(0, cfg.model.vocab_size, (tc.micro_batch_size, tc.seq_len + 1), device=device)
+    # The trainer's first batch (real text): token statistics change the embedding backward's cost.
+    shards = load_shard_set(cfg.data.dir)
+    loader = TrainLoader(shards.split("train"), shards.fingerprint, tc.seq_len, tc.micro_batch_size, accum,
+                         seed=cfg.data.seed, shuffle=cfg.data.shuffle)
+    batch = loader.next_step().to(device)
     times = []
     for _ in range(steps):
         sync(device)
         t = time.perf_counter()
-        for _ in range(accum):
+        for micro in range(accum):
             with autocast:
-                _, loss = fwd(batch[:, :-1], batch[:, 1:])
+                _, loss = fwd(batch[micro, :, :-1], batch[micro, :, 1:])
             (loss / accum).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

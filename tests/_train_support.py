@@ -19,7 +19,7 @@ TEXT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tex
 # Uneven train shards, one shorter than a sequence, so sequences straddle shard ends.
 TRAIN_SHARD_TOKENS = (20_000, 7_777, 31, 15_000, 30_000)
 VAL_TOKENS = 8_000
-STEPS = 8  # max_steps of TINY_TOML
+STEPS = 6  # max_steps of TINY_TOML
 
 TINY_TOML = """
 [model]
@@ -39,9 +39,9 @@ warmup_steps = 2
 total_batch_size = 128
 micro_batch_size = 1
 seq_len = 32
-max_steps = 8
+max_steps = 6
 device = "cpu"
-checkpoint_every = 4
+checkpoint_every = 3
 keep_last = 10
 
 [eval]
@@ -118,7 +118,7 @@ def train_here(*args) -> None:
 
 
 def baseline_1p(tmp_path_factory):
-    """The uninterrupted reference: 8 steps, 1 process, grad_accum 4 (shared with the DDP tests)."""
+    """The uninterrupted reference: 6 steps, 1 process, grad_accum 4 (shared with the DDP tests)."""
     def build(path):
         config = write_config(path / "tiny.toml", shared_shards(tmp_path_factory))
         train_here("--config", config, "--run-dir", path / "run")

@@ -41,10 +41,10 @@ def straight(tmp_path_factory, config):
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, config):
-    """2 ranks, every rank SIGKILLed right after step 6 (last checkpoint: step 4)."""
+    """2 ranks, every rank SIGKILLed right after step 5 (last checkpoint: step 3)."""
     def build(path):
         proc = run_torchrun(2, "train", "--config", config, "--run-dir", path / "run", check=False,
-                            env=subprocess_env(GPT2_PIPELINE_TEST_KILL_AT_STEP="6"))
+                            env=subprocess_env(GPT2_PIPELINE_TEST_KILL_AT_STEP="5"))
         assert proc.returncode != 0
     return memo_dir(tmp_path_factory, "killed_2p", build) / "run"
 
@@ -82,24 +82,24 @@ def worker_pids(torchrun: subprocess.Popen) -> dict[int, int]:
 def test_kill_then_signal_on_one_rank_then_resume_is_bitwise_identical(killed, straight, config, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(killed, run)
-    assert latest_checkpoint(run).name == "step_000004"
+    assert latest_checkpoint(run).name == "step_000003"
     # Resume; SIGTERM only rank 1 mid-run: both ranks must stop after the same step and save.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "train", "--config", str(config), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="1.0"),
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="1.5"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    trimmed = []  # the copied metrics hold steps 5-6 of the killed run until the trainer trims them
+    trimmed = []  # the copied metrics may hold steps 4-5 of the killed run until the trainer trims them
 
     def training_again() -> bool:
         steps = len(losses(run))
-        trimmed.append(steps <= 4)
-        return any(trimmed) and steps >= 5 and len(worker_pids(proc)) == 2
+        trimmed.append(steps <= 3)
+        return any(trimmed) and steps >= 4 and len(worker_pids(proc)) == 2
     wait_for(training_again, proc)
     pids = worker_pids(proc)
     os.kill(pids[1], signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     stopped = json.loads((run / "exit.json").read_text())
-    assert stopped["code"] == EXIT_PREEMPTED and 5 <= stopped["step"] < STEPS, (out, err[-2000:])
+    assert stopped["code"] == EXIT_PREEMPTED and 4 <= stopped["step"] < STEPS, (out, err[-2000:])
     assert "stopped by a signal on another rank" in out  # rank 0 never saw the signal itself
     assert latest_checkpoint(run).name == f"step_{stopped['step']:06d}"
     run_torchrun(2, "train", "--config", config, "--run-dir", run)
@@ -114,8 +114,8 @@ def test_resume_a_two_rank_run_on_one_process_at_the_same_token(killed, straight
     train_here("--config", config, "--run-dir", run)  # world size 1: micro 1 x accum 4
     resumed, reference = losses(run), losses(straight)
     assert list(resumed) == list(range(1, STEPS + 1))
-    for step in range(5, STEPS + 1):
+    for step in range(4, STEPS + 1):
         assert abs(resumed[step] - reference[step]) < 1e-5, (step, resumed[step], reference[step])
     assert_close_weights(weights(run, STEPS), weights(straight, STEPS))
     assert state(run, STEPS)["loader"] == state(straight, STEPS)["loader"]
-    assert state(run, STEPS)["world_size"] == 1 and [r["step"] for r in train_rows(run)][:4] == [1, 2, 3, 4]
+    assert state(run, STEPS)["world_size"] == 1 and [r["step"] for r in train_rows(run)][:3] == [1, 2, 3]

@@ -45,18 +45,18 @@ def start(config, run, env=None, *extra):
 def test_baseline_trains(baseline):
     rows = train_rows(baseline)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    assert [p.name for p in list_checkpoints(baseline)] == ["step_000004", "step_000008"]
+    assert [p.name for p in list_checkpoints(baseline)] == ["step_000003", "step_000006"]
 
 
 def test_sigkill_mid_run_then_resume_is_bitwise_identical(config, baseline, tmp_path):
     run = tmp_path / "run"
     killed = run_module("train", "--config", config, "--run-dir", run, check=False,
-                        env=subprocess_env(GPT2_PIPELINE_TEST_KILL_AT_STEP="6"))
+                        env=subprocess_env(GPT2_PIPELINE_TEST_KILL_AT_STEP="5"))
     assert killed.returncode == -signal.SIGKILL
-    assert latest_checkpoint(run).name == "step_000004"
-    assert max(losses(run)) == 6  # steps 5 and 6 were logged, then lost with the process
+    assert latest_checkpoint(run).name == "step_000003"
+    assert 3 <= max(losses(run)) <= 5  # rows after step 3 may have reached the disk before the kill
     train_here("--config", config, "--run-dir", run)  # --resume auto (the default)
-    assert state(run, STEPS)["step"] == STEPS and "step_000004" in json.loads((run / "run.json").read_text())["resumed_from"]
+    assert state(run, STEPS)["step"] == STEPS and "step_000003" in json.loads((run / "run.json").read_text())["resumed_from"]
     assert [r["step"] for r in train_rows(run)] == list(range(1, STEPS + 1))  # no duplicated rows
     assert_same_run(run, baseline)
     assert len(json.loads((run / "run.json").read_text())["launches"]) == 2

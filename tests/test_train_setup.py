@@ -15,6 +15,7 @@ from pipeline.config import ConfigError
 from pipeline.distributed import any_rank, gather_to_main, init_distributed, pick_device
 from train.metrics import MetricsLog
 from train.resume import capture_rng, restore_rng
+from train.rundir import trim_metrics
 from train.signals import PreemptionFlag
 
 
@@ -77,9 +78,20 @@ def test_console_lines_in_a_batch_log(tmp_path, capsys):
            "dt_ms": 250.0, "tok_per_s": 2_097_152.0, "mfu": 0.42}
     log.train(row)
     log.train({**row, "step": 2, "loss": None, "grad_norm": None})
+    log.close()  # rows are written by a background thread; close() drains it
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("step      1/10 | loss 3.2500 | lr 6.000e-04 | norm 0.500 | 250.0 ms | 2.10M tok/s")
     assert "mfu 42.0%" in out[0] and "eta" in out[0] and "nan (skipped)" in out[1]
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     MetricsLog(tmp_path / "other.jsonl", enabled=False, start_step=0, max_steps=10).train(row)
     assert not (tmp_path / "other.jsonl").exists()  # ranks other than 0 write nothing
+
+
+def test_resuming_drops_the_metrics_rows_of_the_abandoned_steps(tmp_path):
+    rows = [{"step": s, "kind": k} for s in range(0, 7) for k in ("train", "val")]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "kin'  # torn by a kill
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert trim_metrics(tmp_path, 4) == 4
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == rows[:10]
+    assert trim_metrics(tmp_path, -1) == 10 and (tmp_path / "metrics.jsonl").read_text() == ""

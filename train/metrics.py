@@ -1,7 +1,10 @@
 """What the trainer reports: metrics.jsonl rows, one console line per step, a progress bar.
 
 Only rank 0 writes. Rows go through pipeline.atomic.append_line (one fsynced write per
-row), so a crash never leaves half a row in metrics.jsonl. The tqdm bar is drawn only
+row), so a crash never leaves half a row in metrics.jsonl. The writes happen on a
+background thread: an fsync can take tens of milliseconds on a cluster file system, which
+must not stall the training step; the trainer flushes the queue before each checkpoint,
+so every row up to a checkpoint's step is on disk with it. The tqdm bar is drawn only
 when stderr is a terminal; in a batch log (Slurm, CI) each step is a plain line that
 carries the progress and ETA itself, instead of thousands of carriage-return redraws.
 """
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,10 +107,36 @@ class MetricsLog:
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             file=sys.stderr)
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._error: OSError | None = None
+        self._writer = None
+        if enabled:
+            self._writer = threading.Thread(target=self._write_loop, name="metrics-writer", daemon=True)
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            line = self._queue.get()
+            try:
+                if line is None:
+                    return
+                if self._error is None:
+                    append_line(self.path, line)
+            except OSError as err:
+                self._error = err
+            finally:
+                self._queue.task_done()
 
     def row(self, row: dict) -> None:
         if self.enabled:
-            append_line(self.path, json.dumps(row))
+            self._queue.put(json.dumps(row))
+
+    def flush(self) -> None:
+        """Return once every row so far is on disk (raises the writer's I/O error, if any)."""
+        if self._writer is not None:
+            self._queue.join()
+            if self._error is not None:
+                raise OSError(f"cannot append to {self.path}: {self._error}")
 
     def train(self, row: dict) -> None:
         if not self.enabled:
@@ -130,3 +161,9 @@ class MetricsLog:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+            if self._error is not None:
+                raise OSError(f"cannot append to {self.path}: {self._error}")

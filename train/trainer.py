@@ -168,6 +168,12 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> int:
+        try:
+            return self._fit()
+        finally:
+            self.log.close()  # idempotent; also on an exception, so queued rows are written
+
+    def _fit(self) -> int:
         tc, env = self.cfg.train, self.env
         if self.step >= tc.max_steps:
             self.log.print(f"already at step {self.step} >= train.max_steps = {tc.max_steps}: nothing to do")
@@ -228,6 +234,7 @@ class Trainer:
         torchrun kill rank 0 mid-save), and a failed save fails every rank."""
         if self.saved_step == self.step:
             return
+        self.log.flush()  # rows up to this step reach the disk before the checkpoint does
         rng = gather_to_main(capture_rng(self.device), self.env)
         error = None
         if self.env.is_main:
