@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
+import torch
 
 from _train_support import TINY_TOML, ckpt_dir, shared_shards, write_config, write_shards
 from pipeline.shards import MANIFEST
@@ -135,10 +135,15 @@ def test_resume_none_refuses_to_overwrite_and_a_missing_resume_path(capsys, conf
 
 
 def test_resume_from_another_runs_checkpoint_path(config, finished, tmp_path):
-    """--resume PATH starts a new run directory from another run's checkpoint."""
+    """--resume PATH starts a new run directory from another run's checkpoint; the optimizer
+    state comes from the checkpoint, its hyperparameters from this run's config."""
     run = tmp_path / "branch"
     assert main(["--config", str(config), "--run-dir", str(run), "--resume", str(ckpt_dir(finished, 1)),
-                 "--train.max_steps=2"]) == EXIT_OK
+                 "--train.max_steps=2", "--optim.weight_decay=0.05", "--optim.beta2=0.99"]) == EXIT_OK
     state = json.loads((ckpt_dir(run, 2) / "train_state.json").read_text())
-    assert state["step"] == 2 and state["loader"]["position"] == 2 * 4
-    assert not np.isnan(state["tokens_seen"])
+    assert state["step"] == 2 and state["loader"]["position"] == 2 * 4 and state["tokens_seen"] == 2 * 128
+    groups = torch.load(ckpt_dir(run, 2) / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0] and all(g["betas"][1] == 0.99 for g in groups)
+    before = torch.load(ckpt_dir(finished, 1) / "optimizer.pt", weights_only=True)["state"]
+    after = torch.load(ckpt_dir(run, 2) / "optimizer.pt", weights_only=True)["state"]
+    assert all(after[i]["step"] == before[i]["step"] + 1 for i in before)  # moments carried over

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                  remove_partial_checkpoints, save_checkpoint)
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.distributed import DistEnv, all_reduce_sum, any_rank, barrier, gather_to_main
 from pipeline.model import GPT
 from pipeline.optimizer import build_optimizer
@@ -74,7 +74,10 @@ class Trainer:
         self.peak = peak_flops(self.device, tc.peak_tflops)
 
         if env.is_main:
-            write_launch_files(self.run_dir, cfg, argv, env.world_size, self.device, ckpt)
+            try:
+                write_launch_files(self.run_dir, cfg, argv, env.world_size, self.device, ckpt)
+            except OSError as err:
+                raise ConfigError(f"--run-dir {self.run_dir}: cannot write the run directory ({err})") from None
             trim_metrics(self.run_dir, self.step if ckpt is not None else -1)
             remove_partial_checkpoints(self.run_dir)
         self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps)
@@ -86,11 +89,16 @@ class Trainer:
         loaded, state = load_checkpoint(ckpt, ("model", "optimizer"), map_location="cpu")
         check_state(state, ckpt)
         check_model_shape(state, self.cfg, ckpt)
+        # The checkpoint brings the optimizer's state (moments, step counts); this run's config
+        # keeps authority over its hyperparameters and kernel choice (weight decay, betas, fused).
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(loaded["model"])
             self.optimizer.load_state_dict(loaded["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{ckpt}: weights or optimizer state do not fit this model ({err})") from None
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens_seen, self.saved_step = state["step"], state["tokens_seen"], state["step"]
         if self.env.rank < len(state["rng"]):
@@ -174,52 +182,65 @@ class Trainer:
             self.log.close()  # idempotent; also on an exception, so queued rows are written
 
     def _fit(self) -> int:
-        tc, env = self.cfg.train, self.env
-        if self.step >= tc.max_steps:
-            self.log.print(f"already at step {self.step} >= train.max_steps = {tc.max_steps}: nothing to do")
+        if self.step >= self.cfg.train.max_steps:
+            self.log.print(f"already at step {self.step} >= train.max_steps = {self.cfg.train.max_steps}: "
+                           "nothing to do")
             return self._exit(EXIT_OK, "finished")
-        if self.step == 0 and self.evals.evaluate_due(0, tc.max_steps):
-            self._evaluate(0)
-        bad_in_row = 0
-        t_last = time.perf_counter()
-        while self.step < tc.max_steps:
-            lr = lr_at(self.step, self.cfg.optim, tc.max_steps)
-            batch = self.loader.next_step()
-            loss, norm, bad, stop = self._train_step(batch, lr)
-            self.step += 1
-            self.tokens_seen += tc.total_batch_size
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now  # the loop's period: loader + step + last step's logging
-            tok_per_s = tc.total_batch_size / dt
-            if self.step % tc.log_every == 0 or bad or self.step == tc.max_steps:
-                self.log.train({"step": self.step, "kind": "train", "loss": None if bad else loss, "lr": lr,
-                                "grad_norm": finite_or_none(norm), "tokens": self.tokens_seen,
-                                "dt_ms": 1000 * dt, "tok_per_s": tok_per_s,
-                                "mfu": mfu(self.flops_per_token, tok_per_s, self.peak, env.world_size)})
-            bad_in_row = bad_in_row + 1 if bad else 0
-            if bad_in_row >= tc.max_bad_steps:
-                return self._too_many_bad(bad_in_row)
-
-            extra_start = time.perf_counter()  # evaluation and saving are not part of a step's time
-            reached = tc.target_loss > 0 and not bad and loss <= tc.target_loss
-            done = self.step >= tc.max_steps or reached
-            if self.evals.evaluate_due(self.step, tc.max_steps):
-                self._evaluate(self.step)
-            if env.is_main and self.evals.sample_due(self.step, tc.max_steps):
-                for row in self.evals.samples(self.model, self.step):
-                    self.log.row(row)
-            if self.step % tc.checkpoint_every == 0 or done or stop:
-                self._save()
-            faults.after_step(self.step)
-            t_last += time.perf_counter() - extra_start
-            if stop and not done:
-                self.log.print(f"stopped by {self.flag.signal_name or 'a signal on another rank'} after step "
-                               f"{self.step}; resume with the same command (--resume auto)")
-                return self._exit(EXIT_PREEMPTED, "preempted")
-            if reached:
-                self.log.print(f"train loss {loss:.4f} <= train.target_loss = {tc.target_loss}: stopping")
-                return self._exit(EXIT_OK, "target loss reached")
+        self.start()
+        while self.step < self.cfg.train.max_steps:
+            code = self.iteration()
+            if code is not None:
+                return code
         return self._exit(EXIT_OK, "finished")
+
+    def start(self) -> None:
+        """Before the first iteration: the step-0 evaluation of a fresh run, the step clock."""
+        if self.step == 0 and self.evals.evaluate_due(0, self.cfg.train.max_steps):
+            self._evaluate(0)
+        self.bad_in_row = 0
+        self.t_last = time.perf_counter()
+
+    def iteration(self) -> int | None:
+        """One optimizer step and what is due after it (log, eval, samples, checkpoint).
+        Returns an exit code when the run must end now, else None."""
+        tc, env = self.cfg.train, self.env
+        lr = lr_at(self.step, self.cfg.optim, tc.max_steps)
+        batch = self.loader.next_step()
+        loss, norm, bad, stop = self._train_step(batch, lr)
+        self.step += 1
+        self.tokens_seen += tc.total_batch_size
+        now = time.perf_counter()
+        dt, self.t_last = now - self.t_last, now  # the loop's period: loader + step + logging
+        tok_per_s = tc.total_batch_size / dt
+        if self.step % tc.log_every == 0 or bad or self.step == tc.max_steps:
+            self.log.train({"step": self.step, "kind": "train", "loss": None if bad else loss, "lr": lr,
+                            "grad_norm": finite_or_none(norm), "tokens": self.tokens_seen,
+                            "dt_ms": 1000 * dt, "tok_per_s": tok_per_s,
+                            "mfu": mfu(self.flops_per_token, tok_per_s, self.peak, env.world_size)})
+        self.bad_in_row = self.bad_in_row + 1 if bad else 0
+        if self.bad_in_row >= tc.max_bad_steps:
+            return self._too_many_bad(self.bad_in_row)
+
+        extra_start = time.perf_counter()  # evaluation and saving are not part of a step's time
+        reached = tc.target_loss > 0 and not bad and loss <= tc.target_loss
+        done = self.step >= tc.max_steps or reached
+        if self.evals.evaluate_due(self.step, tc.max_steps):
+            self._evaluate(self.step)
+        if env.is_main and self.evals.sample_due(self.step, tc.max_steps):
+            for row in self.evals.samples(self.model, self.step):
+                self.log.row(row)
+        if self.step % tc.checkpoint_every == 0 or done or stop:
+            self._save()
+        faults.after_step(self.step)
+        self.t_last += time.perf_counter() - extra_start
+        if stop and not done:
+            self.log.print(f"stopped by {self.flag.signal_name or 'a signal on another rank'} after step "
+                           f"{self.step}; resume with the same command (--resume auto)")
+            return self._exit(EXIT_PREEMPTED, "preempted")
+        if reached:
+            self.log.print(f"train loss {loss:.4f} <= train.target_loss = {tc.target_loss}: stopping")
+            return self._exit(EXIT_OK, "target loss reached")
+        return None
 
     def _evaluate(self, step: int) -> None:
         for row in self.evals.evaluate(self.model, step, self.tokens_seen):
