@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,16 @@ def _save_tensor_file(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _test_pause(step: int) -> None:
+    """Test hook: GPT2_PIPELINE_TEST_SAVE_SLEEP=STEP:SECONDS stalls the save of STEP halfway,
+    so a test can SIGKILL the process in the middle of a real checkpoint write."""
+    hook = os.environ.get("GPT2_PIPELINE_TEST_SAVE_SLEEP")
+    if hook:
+        at, _, seconds = hook.partition(":")
+        if int(at) == step:
+            time.sleep(float(seconds))
+
+
 def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, Any], state: dict) -> Path:
     """Write tensors ({'model': sd, 'optimizer': sd}) and the JSON state as step_{step}/."""
     final = checkpoint_dir(run_dir, step)
@@ -57,6 +68,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, Any], sta
     for name, obj in tensors.items():
         _save_tensor_file(obj, tmp / f"{name}.pt")
         hashes[f"{name}.pt"] = sha256_file(tmp / f"{name}.pt")
+        _test_pause(step)
     atomic_write_json(tmp / STATE, state)
     hashes[STATE] = sha256_file(tmp / STATE)
     atomic_write_json(tmp / COMPLETE, {"step": step, "sha256": hashes})
@@ -157,3 +169,16 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, keep_every: int) -> l
         shutil.rmtree(path)
         removed.append(path)
     return removed
+
+
+def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Delete leftovers of interrupted saves (step_N.tmp/, step_N.old/): never loadable, only disk.
+    Call only from the one process that writes checkpoints of this run."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    doomed = [p for p in root.iterdir() if p.is_dir() and p.suffix in (".tmp", ".old")
+              and STEP_RE.match(p.stem)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed

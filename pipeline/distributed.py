@@ -1,0 +1,125 @@
+"""Process-group setup from torchrun's environment and the few collectives the stages use.
+
+One code path for one process and for N: without torchrun's RANK/WORLD_SIZE variables
+nothing is initialised and every collective below is the identity, so `python -m train`
+and `torchrun --nproc_per_node=8 -m train` run the same lines. Backend: nccl on CUDA,
+gloo on CPU (multi-node works the same way through torchrun's c10d rendezvous).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeline.config import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' takes the best accelerator present: cuda, then mps, then cpu."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cuda" and not cuda:
+        raise ConfigError("train.device = 'cuda': no CUDA device is visible (use auto or cpu)")
+    if name == "mps" and not mps:
+        raise ConfigError("train.device = 'mps': this machine has no Apple MPS device (use auto or cpu)")
+    if name not in ("cuda", "mps", "cpu"):
+        raise ConfigError(f"train.device = {name!r}: must be one of auto, cuda, mps, cpu")
+    return torch.device(name)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+def init_distributed(device_name: str = "auto") -> DistEnv:
+    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE and join the process group if N > 1."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                              "visible (--nproc_per_node must not exceed the GPUs per node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world > 1:
+        if device.type == "mps":
+            raise ConfigError("multi-process training is not supported on mps (use --train.device=cpu)")
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                dist.init_process_group(backend="nccl", device_id=device)
+            else:
+                dist.init_process_group(backend="gloo")
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def close(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum over ranks in place (and return it); the identity in one process."""
+    if env.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when any rank passed True (e.g. 'a stop signal arrived here')."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    return all_reduce_sum(t, env).item() > 0
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def gather_to_main(obj: Any, env: DistEnv) -> list[Any] | None:
+    """Every rank's picklable obj, in rank order, on rank 0 (None elsewhere)."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size if env.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's picklable obj on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,293 @@
+"""The training loop: one optimizer step = grad_accum micro-steps on every rank.
+
+Per step, in order: fetch this rank's slice of the global batch, forward/backward each
+micro-batch (DDP syncs gradients only on the last one), clip, then ONE small all-reduce
+carrying [loss, non-finite grad norm, stop signal] so that all ranks agree on the loss
+they log, on skipping a non-finite update and on stopping, then the optimizer step.
+Everything that must survive a restart (weights, optimizer, step, tokens seen, loader
+position, RNG states) goes into each checkpoint, which is what makes a killed and
+resumed run bitwise identical to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                 remove_partial_checkpoints, save_checkpoint)
+from pipeline.config import Config, ConfigError
+from pipeline.distributed import DistEnv, all_reduce_sum, any_rank, barrier, gather_to_main
+from pipeline.model import GPT
+from pipeline.optimizer import build_optimizer
+from pipeline.shards import load_shard_set
+from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, faults
+from train.evaluation import InLoopEval
+from train.loader import TrainLoader
+from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
+from train.resume import (capture_rng, check_model_shape, check_state, config_changes,
+                          find_resume_checkpoint, restore_rng)
+from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
+from train.schedule import grad_accum_steps, lr_at
+from train.signals import PreemptionFlag
+
+STATE_VERSION = 1
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """None = plain fp32. auto: bf16 autocast on CUDA (GPT-2 reproductions' setting), fp32 elsewhere."""
+    if name == "bfloat16" or (name == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resume: str, env: DistEnv, flag: PreemptionFlag,
+                 argv: list[str]):
+        tc = cfg.train
+        self.cfg, self.run_dir, self.env, self.flag = cfg, Path(run_dir), env, flag
+        self.device = env.device
+        self.dtype = autocast_dtype(tc.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
+            torch.backends.cudnn.allow_tf32 = tc.tf32
+        self.grad_accum = grad_accum_steps(tc.total_batch_size, tc.micro_batch_size, tc.seq_len, env.world_size)
+        shards = load_shard_set(cfg.data.dir)
+        self.loader = TrainLoader(shards.split("train"), shards.fingerprint, tc.seq_len, tc.micro_batch_size,
+                                  self.grad_accum, env.rank, env.world_size, cfg.data.seed, cfg.data.shuffle)
+        self.evals = InLoopEval(cfg, shards, env, self.dtype)
+        ckpt = find_resume_checkpoint(resume, self.run_dir)
+
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        self.model = GPT(cfg.model).to(self.device)
+        self.optimizer, self.fused = build_optimizer(self.model, cfg.optim, self.device.type)
+        self.step, self.tokens_seen, self.saved_step = 0, 0, -1
+        notes = self._restore(ckpt) if ckpt is not None else []
+        self.train_model = self._wrap(self.model)
+        self.flops_per_token = self.model.flops_per_token(tc.seq_len)
+        self.peak = peak_flops(self.device, tc.peak_tflops)
+
+        if env.is_main:
+            try:
+                write_launch_files(self.run_dir, cfg, argv, env.world_size, self.device, ckpt)
+            except OSError as err:
+                raise ConfigError(f"--run-dir {self.run_dir}: cannot write the run directory ({err})") from None
+            trim_metrics(self.run_dir, self.step if ckpt is not None else -1)
+            remove_partial_checkpoints(self.run_dir)
+        self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps)
+        self._describe(shards, ckpt, notes)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _restore(self, ckpt: Path) -> list[str]:
+        loaded, state = load_checkpoint(ckpt, ("model", "optimizer"), map_location="cpu")
+        check_state(state, ckpt)
+        check_model_shape(state, self.cfg, ckpt)
+        # The checkpoint brings the optimizer's state (moments, step counts); this run's config
+        # keeps authority over its hyperparameters and kernel choice (weight decay, betas, fused).
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        try:
+            self.model.load_state_dict(loaded["model"])
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{ckpt}: weights or optimizer state do not fit this model ({err})") from None
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens_seen, self.saved_step = state["step"], state["tokens_seen"], state["step"]
+        if self.env.rank < len(state["rng"]):
+            restore_rng(state["rng"][self.env.rank], self.device)
+        notes = config_changes(state, self.cfg)
+        if state.get("world_size") != self.env.world_size:
+            notes.append(f"world size {state.get('world_size')} -> {self.env.world_size} "
+                         f"(data continues at global sequence {self.loader.position})")
+        return notes
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.cfg.train.compile:
+            model = torch.compile(model)
+        if self.env.distributed:
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return model
+
+    def _describe(self, shards, ckpt: Path | None, notes: list[str]) -> None:
+        cfg, tc, env, say = self.cfg, self.cfg.train, self.env, self.log.print
+        m = cfg.model
+        say(f"model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} embd, {self.model.num_params():,} params; "
+            f"{self.flops_per_token / 1e6:.1f} MFLOP/token")
+        say(f"data: {cfg.data.dir}: {len(self.loader.arrays)} train shards, {self.loader.total_tokens:,} tokens "
+            f"= {self.loader.sequences_per_epoch:,} sequences/epoch; shuffle {cfg.data.shuffle}")
+        say(f"batch: {tc.total_batch_size:,} tokens/step = {tc.micro_batch_size} micro x {tc.seq_len} seq x "
+            f"{env.world_size} ranks x {self.grad_accum} accum")
+        say(f"device: {self.device} x {env.world_size}, autocast {self.dtype or 'off (fp32)'}, tf32 "
+            f"{tc.tf32 and self.device.type == 'cuda'}, fused AdamW {self.fused}, compile {tc.compile}, "
+            f"activation checkpointing {m.activation_checkpointing}, MFU peak "
+            f"{'%.0f TFLOP/s' % (self.peak / 1e12) if self.peak else 'unknown (set train.peak_tflops)'}")
+        if ckpt is None:
+            say(f"fresh start in {self.run_dir}")
+        else:
+            say(f"resumed from {ckpt} at step {self.step} (global sequence {self.loader.position})")
+        for note in notes:
+            say(f"  changed since the checkpoint: {note}")
+
+    # -- one optimizer step -------------------------------------------------------------
+
+    def _train_step(self, batch: torch.Tensor, lr: float) -> tuple[float, float, bool, bool]:
+        """Returns (mean loss over all ranks, grad norm, skipped as non-finite, stop requested)."""
+        env, model = self.env, self.train_model
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
+                    else contextlib.nullcontext())
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            rows = batch[micro].to(self.device, non_blocking=True)
+            last = micro == self.grad_accum - 1
+            # DDP all-reduces gradients during backward; only the last micro-step needs it.
+            sync = model.no_sync() if env.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    _, loss = model(rows[:, :-1], rows[:, 1:])
+                loss = loss / self.grad_accum  # the step's loss is the mean over micro-batches
+                if micro == 0 and faults.nan_loss(self.step + 1, env.rank):
+                    loss = loss * float("nan")
+                loss_sum += loss.detach()
+                loss.backward()
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        flags = torch.stack([loss_sum.float(), (~torch.isfinite(norm)).float(),
+                             torch.tensor(float(self.flag.requested), device=self.device)])
+        loss_total, nonfinite, stop = all_reduce_sum(flags, env).tolist()
+        loss_mean = loss_total / env.world_size
+        bad = nonfinite > 0 or not math.isfinite(loss_mean)
+        if not bad:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_mean, norm.item(), bad, stop > 0
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> int:
+        try:
+            return self._fit()
+        finally:
+            self.log.close()  # idempotent; also on an exception, so queued rows are written
+
+    def _fit(self) -> int:
+        if self.step >= self.cfg.train.max_steps:
+            self.log.print(f"already at step {self.step} >= train.max_steps = {self.cfg.train.max_steps}: "
+                           "nothing to do")
+            return self._exit(EXIT_OK, "finished")
+        self.start()
+        while self.step < self.cfg.train.max_steps:
+            code = self.iteration()
+            if code is not None:
+                return code
+        return self._exit(EXIT_OK, "finished")
+
+    def start(self) -> None:
+        """Before the first iteration: the step-0 evaluation of a fresh run, the step clock."""
+        if self.step == 0 and self.evals.evaluate_due(0, self.cfg.train.max_steps):
+            self._evaluate(0)
+        self.bad_in_row = 0
+        self.t_last = time.perf_counter()
+
+    def iteration(self) -> int | None:
+        """One optimizer step and what is due after it (log, eval, samples, checkpoint).
+        Returns an exit code when the run must end now, else None."""
+        tc, env = self.cfg.train, self.env
+        lr = lr_at(self.step, self.cfg.optim, tc.max_steps)
+        batch = self.loader.next_step()
+        loss, norm, bad, stop = self._train_step(batch, lr)
+        self.step += 1
+        self.tokens_seen += tc.total_batch_size
+        now = time.perf_counter()
+        dt, self.t_last = now - self.t_last, now  # the loop's period: loader + step + logging
+        tok_per_s = tc.total_batch_size / dt
+        if self.step % tc.log_every == 0 or bad or self.step == tc.max_steps:
+            self.log.train({"step": self.step, "kind": "train", "loss": None if bad else loss, "lr": lr,
+                            "grad_norm": finite_or_none(norm), "tokens": self.tokens_seen,
+                            "dt_ms": 1000 * dt, "tok_per_s": tok_per_s,
+                            "mfu": mfu(self.flops_per_token, tok_per_s, self.peak, env.world_size)})
+        self.bad_in_row = self.bad_in_row + 1 if bad else 0
+        if self.bad_in_row >= tc.max_bad_steps:
+            return self._too_many_bad(self.bad_in_row)
+
+        extra_start = time.perf_counter()  # evaluation and saving are not part of a step's time
+        reached = tc.target_loss > 0 and not bad and loss <= tc.target_loss
+        done = self.step >= tc.max_steps or reached
+        if self.evals.evaluate_due(self.step, tc.max_steps):
+            self._evaluate(self.step)
+        if env.is_main and self.evals.sample_due(self.step, tc.max_steps):
+            for row in self.evals.samples(self.model, self.step):
+                self.log.row(row)
+        if self.step % tc.checkpoint_every == 0 or done or stop:
+            self._save()
+        faults.after_step(self.step)
+        self.t_last += time.perf_counter() - extra_start
+        if stop and not done:
+            self.log.print(f"stopped by {self.flag.signal_name or 'a signal on another rank'} after step "
+                           f"{self.step}; resume with the same command (--resume auto)")
+            return self._exit(EXIT_PREEMPTED, "preempted")
+        if reached:
+            self.log.print(f"train loss {loss:.4f} <= train.target_loss = {tc.target_loss}: stopping")
+            return self._exit(EXIT_OK, "target loss reached")
+        return None
+
+    def _evaluate(self, step: int) -> None:
+        for row in self.evals.evaluate(self.model, step, self.tokens_seen):
+            self.log.row(row)
+            if row["kind"] == "val":
+                self.log.print(f"step {step}: val loss {row['loss']:.4f}")
+            elif row["kind"] == "hellaswag":
+                self.log.print(f"step {step}: hellaswag acc_norm {row['acc_norm']:.4f} ({row['n']} examples)")
+
+    def _save(self) -> None:
+        """Rank 0 writes; every rank waits for it (a rank that exits early would make
+        torchrun kill rank 0 mid-save), and a failed save fails every rank."""
+        if self.saved_step == self.step:
+            return
+        self.log.flush()  # rows up to this step reach the disk before the checkpoint does
+        rng = gather_to_main(capture_rng(self.device), self.env)
+        error = None
+        if self.env.is_main:
+            state = {"version": STATE_VERSION, "step": self.step, "tokens_seen": self.tokens_seen,
+                     "loader": self.loader.state_dict(), "rng": rng, "world_size": self.env.world_size,
+                     "grad_accum": self.grad_accum, "config": self.cfg.to_dict(),
+                     "model_hash": self.cfg.model_hash(), "time": time.time()}
+            try:
+                path = save_checkpoint(self.run_dir, self.step, {"model": self.model.state_dict(),
+                                                                 "optimizer": self.optimizer.state_dict()}, state)
+                prune_checkpoints(self.run_dir, self.cfg.train.keep_last, self.cfg.train.keep_every)
+                self.log.print(f"saved {path}")
+            except OSError as err:
+                error = f"cannot write the checkpoint of step {self.step} in {self.run_dir}: {err}"
+        if any_rank(error is not None, self.env):
+            raise CheckpointError(error or "rank 0 failed to write the checkpoint")
+        self.saved_step = self.step
+
+    def _too_many_bad(self, count: int) -> int:
+        last = latest_checkpoint(self.run_dir)
+        if self.env.is_main:
+            print(f"error: {count} non-finite steps in a row (steps {self.step - count + 1}..{self.step}, "
+                  f"train.max_bad_steps = {self.cfg.train.max_bad_steps}): stopping without saving; last good "
+                  f"checkpoint: {last or 'none'}. Lower optim.max_lr or inspect the data at this position.",
+                  file=sys.stderr, flush=True)
+        return self._exit(EXIT_NONFINITE, "non-finite loss")
+
+    def _exit(self, code: int, reason: str) -> int:
+        self.log.close()
+        if self.env.is_main:
+            write_exit(self.run_dir, code, reason, self.step)
+        # Leave together: under torchrun, the first rank to exit non-zero makes the agent
+        # signal the others, which must not catch rank 0 before it has written exit.json.
+        barrier(self.env)
+        return code
