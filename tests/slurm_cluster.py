@@ -11,6 +11,11 @@ Test-only settings, and why:
 - AuthInfo cred_expire=5: Slurm holds a requeued job for cred_expire+1 seconds (default
   120 s) before it may start again; 5 s keeps the preemption test short.
 - KillWait=5: seconds between SIGTERM and SIGKILL when Slurm ends a job itself.
+- SchedulerParameters sched_interval=1,bf_interval=1: a job whose begin time has passed
+  (a requeued one) is otherwise started by the next periodic pass, up to 30-60 s later.
+- MinJobAge=4: `sbatch --wait` polls every 2 s only while 2 < MinJobAge/2 is false,
+  otherwise its sleep grows to 32 s. Slurm forgets a finished job after MinJobAge, so
+  jobcomp/filetxt keeps one line per ended run (requeued runs included): runs().
 """
 
 from __future__ import annotations
@@ -111,11 +116,13 @@ MpiDefault=none
 JobRequeue=1
 ReturnToService=2
 KillWait=5
-MinJobAge=0
+MinJobAge=4
 MailProg=/bin/true
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={root}/jobcomp.log
+SchedulerParameters=sched_interval=1,bf_interval=1
 NodeName={node} NodeAddr=127.0.0.1 {hardware} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
@@ -265,10 +272,25 @@ class SlurmCluster:
         proc = self.run("sbatch", "--parsable", *args, env=env, cwd=cwd)
         return int(proc.stdout.strip().split(";")[0])
 
+    def runs(self, job_id: int) -> list[dict[str, str]]:
+        """One record per ended run of the job (JobState, ExitCode, StartTime, EndTime, ProcCnt, ...).
+
+        A run that was requeued is recorded with the state the job went back to (PENDING).
+        """
+        path = self.root / "jobcomp.log"
+        records = [_fields(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [r for r in records if r.get("JobId") == str(job_id)]
+
     def job_state(self, job_id: int) -> dict[str, str]:
-        """`scontrol show job` as a dict (JobState, ExitCode, Restarts, StdOut, ...)."""
-        out = self.run("scontrol", "--oneliner", "show", "job", str(job_id)).stdout
-        return dict(word.split("=", 1) for word in out.split() if "=" in word)
+        """`scontrol show job` as a dict (JobState, ExitCode, Restarts, ...); once Slurm has
+        forgotten the job, its last runs() record."""
+        proc = self.run("scontrol", "--oneliner", "show", "job", str(job_id), check=False)
+        if proc.returncode == 0:
+            return _fields(proc.stdout)
+        ended = self.runs(job_id)
+        if not ended:
+            raise AssertionError(f"job {job_id}: unknown to Slurm and not in jobcomp.log: {proc.stderr.strip()}")
+        return ended[-1]
 
     def wait_for(self, job_id: int, predicate, timeout: float, what: str) -> dict[str, str]:
         deadline = time.monotonic() + timeout
@@ -282,4 +304,9 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def wait_finished(self, job_id: int, timeout: float = 300) -> dict[str, str]:
+        """Poll until the job has ended for good (a requeued run does not count)."""
         return self.wait_for(job_id, lambda s: s.get("JobState") in FINISHED, timeout, "the job to end")
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(word.split("=", 1) for word in text.split() if "=" in word)

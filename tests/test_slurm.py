@@ -102,12 +102,14 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
-def assert_completed(cluster: SlurmCluster, job_id: int, log: Path) -> dict[str, str]:
-    state = cluster.job_state(job_id)
-    assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), \
-        f"job {job_id}: {state['JobState']} {state['ExitCode']}\n--- {log} ---\n" \
+def assert_completed(cluster: SlurmCluster, job_id: int, log: Path) -> list[dict[str, str]]:
+    """The job's last run completed with exit code 0; returns the records of all its runs."""
+    runs = cluster.runs(job_id)
+    last = runs[-1] if runs else {"JobState": "(not ended)", "ExitCode": "?"}
+    assert (last["JobState"], last["ExitCode"]) == ("COMPLETED", "0:0"), \
+        f"job {job_id}: {last['JobState']} {last['ExitCode']}\n--- {log} ---\n" \
         f"{log.read_text() if log.exists() else '(no log)'}\n{cluster.logs()}"
-    return state
+    return runs
 
 
 def test_trivial_job_runs_and_reports_its_exit_code(cluster, work):
@@ -118,8 +120,7 @@ def test_trivial_job_runs_and_reports_its_exit_code(cluster, work):
     assert log.read_text().splitlines() == [f"step on {socket.gethostname()}", "batch done"]
 
     bad = cluster.sbatch(f"--output={work / 'fail-%j.out'}", "--wrap", "exit 7")
-    state = cluster.job_state(bad)
-    assert (state["JobState"], state["ExitCode"]) == ("FAILED", "7:0")
+    assert [(r["JobState"], r["ExitCode"]) for r in cluster.runs(bad)] == [("FAILED", "7:0")]
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +136,9 @@ def shards(cluster, work) -> Path:
 def test_data_prep_job_writes_a_complete_shard_set_with_every_cpu(cluster, shards, work):
     shard_set = load_shard_set(shards)
     assert shard_set.split("val") and len(shard_set.split("train")) >= 3
-    cpus = cluster.job_state(int(re.search(r"gpt2-data (\d+)", (work / "data.out").read_text())[1]))["NumCPUs"]
-    assert f"--workers {cpus} " in (work / "data.out").read_text()
+    log = (work / "data.out").read_text()
+    cpus = cluster.runs(int(re.search(r"gpt2-data (\d+):", log)[1]))[-1]["ProcCnt"]
+    assert f"--workers {cpus} " in log  # --exclusive: the whole node, one tokenizer per CPU
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +190,9 @@ def test_submit_chain_runs_data_train_eval_in_order_and_ends_with_a_report(clust
     ids = dict(re.findall(r"(\w+)=(\d+)", proc.stdout.splitlines()[-1]))
     jobs = {name: int(ids[name]) for name in ("data", "train", "eval")}
 
-    states = {name: cluster.wait_finished(job, timeout=240) for name, job in jobs.items()}
-    for name, job in jobs.items():
-        assert_completed(cluster, job, next((run / "slurm").glob(f"*-{job}.out"), run / "slurm" / "missing"))
+    cluster.wait_finished(jobs["eval"], timeout=240)
+    states = {name: assert_completed(cluster, job, next((run / "slurm").glob(f"*-{job}.out"), run / "slurm"))[-1]
+              for name, job in jobs.items()}
     # afterok: each job started only after the one before it had ended.
     assert states["data"]["EndTime"] <= states["train"]["StartTime"]
     assert states["train"]["EndTime"] <= states["eval"]["StartTime"]
@@ -214,15 +216,15 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
         job = _job_id_by_name(cluster, name)
         _wait_for_step(run, 3, timeout=120)
         cluster.run("scancel", "--signal=USR1", "--batch", str(job))  # what --signal=B:USR1@300 does
-        cluster.wait_for(job, lambda s: int(s["Restarts"]) >= 1, 60, "the job to requeue itself")
+        _poll(lambda: cluster.runs(job), 90, f"job {job} to end its first run")
         assert waiter.poll() is None, "sbatch --wait returned at the requeue, before the job was done"
         out, _ = waiter.communicate(timeout=240)
         assert waiter.returncode == 0, out
     finally:
         if waiter.poll() is None:
             waiter.kill()
-    state = assert_completed(cluster, job, log)
-    assert state["Restarts"] == "1"
+    runs = assert_completed(cluster, job, log)
+    assert [r["JobState"] for r in runs] == ["PENDING", "COMPLETED"]  # requeued once, then done
 
     text = log.read_text()
     stopped = int(re.search(r"trainer saved a checkpoint at step (\d+) and exited 3", text)[1])
@@ -235,21 +237,25 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     assert json.loads((run / "exit.json").read_text())["code"] == 0
 
 
-def _job_id_by_name(cluster: SlurmCluster, name: str, timeout: float = 30) -> int:
+def _poll(probe, timeout: float, what: str):
+    """probe() until it returns something truthy; that value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = cluster.run("squeue", "--noheader", f"--name={name}", "--format=%i").stdout.split()
-        if out:
-            return int(out[0])
-        time.sleep(0.2)
-    raise AssertionError(f"no job named {name} appeared in squeue")
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _job_id_by_name(cluster: SlurmCluster, name: str) -> int:
+    ids = _poll(lambda: cluster.run("squeue", "--noheader", f"--name={name}", "--format=%i").stdout.split(),
+                30, f"a job named {name} in squeue")
+    return int(ids[0])
 
 
 def _wait_for_step(run: Path, step: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached():
         rows = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
-        if any(r["kind"] == "train" and r["step"] >= step for r in rows):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{run}: no train step >= {step} after {timeout}s")
+        return any(r["kind"] == "train" and r["step"] >= step for r in rows)
+    _poll(reached, timeout, f"{run} to log train step {step}")
