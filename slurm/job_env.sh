@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by slurm/*.sbatch: where the project is and which Python runs it.
 #
 # sbatch copies a batch script into Slurm's spool directory, so a job cannot find the

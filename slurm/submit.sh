@@ -15,6 +15,7 @@
 #   GPU_REQUEST   how GPUs are requested (default --gpus-per-node=$GPUS_PER_NODE; set it
 #                 empty on CPU-only nodes, or e.g. --gres=gpu:a100:8)
 #   EVAL_GPU_REQUEST   GPUs of the eval job (default --gpus=1; empty for CPU)
+#   EVAL_CPUS=8   CPUs of the eval job
 #   DATA_TIME=12:00:00  TRAIN_TIME=24:00:00  EVAL_TIME=04:00:00
 #   SBATCH_ARGS   extra sbatch options for every job (e.g. "--mail-type=FAIL")
 # Pipeline settings:
@@ -25,6 +26,9 @@
 #   SKIP_DATA     auto (default: skip when DATA_DIR holds a complete shard set) | 0 | 1
 #   HELLASWAG     HellaSwag val jsonl for eval (default data/hellaswag/hellaswag_val.jsonl;
 #                 installed here on the login node when missing, from HELLASWAG_FROM if set)
+#   EVAL_MODE     final (default: evaluate every checkpoint once training has succeeded)
+#                 | watch (start with training and evaluate each checkpoint as it appears,
+#                 every EVAL_INTERVAL=300 s, until the final step is evaluated)
 #   EVAL_ARGS     extra options for `python -m eval` (e.g. "--limit 1000")
 #   LOG_DIR       job logs (default $RUN_DIR/slurm)
 #   VENV, PYTHON, PROJECT_DIR   see slurm/job_env.sh
@@ -59,7 +63,8 @@ from pipeline.config import ConfigError, resolve
 try:
     print(resolve(sys.argv[1], sys.argv[2:]).data.dir)
 except ConfigError as err:
-    sys.exit(f"error: {err}")' "$CONFIG" "$@")}
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)' "$CONFIG" "$@")}
 RUN_DIR=${RUN_DIR:-runs/$(basename "$CONFIG" .toml)}
 LOG_DIR=${LOG_DIR:-$RUN_DIR/slurm}
 HELLASWAG=${HELLASWAG:-data/hellaswag/hellaswag_val.jsonl}
@@ -70,12 +75,16 @@ export GPUS_PER_NODE
 GPU_REQUEST=${GPU_REQUEST-"--gpus-per-node=$GPUS_PER_NODE"}
 EVAL_GPU_REQUEST=${EVAL_GPU_REQUEST-"--gpus=1"}
 
-common=(--chdir="$PROJECT_DIR" --kill-on-invalid-dep=yes)
-[[ -n ${ACCOUNT:-} ]] && common+=(--account="$ACCOUNT")
-[[ -n ${QOS:-} ]] && common+=(--qos="$QOS")
+opt() {  # "--NAME=VALUE", or nothing when VALUE is empty
+    [[ -z $2 ]] || printf -- '--%s=%s\n' "$1" "$2"
+}
+mapfile -t common < <(opt account "${ACCOUNT:-}"; opt qos "${QOS:-}")
+common+=(--chdir="$PROJECT_DIR" --kill-on-invalid-dep=yes)
 read -r -a extra <<< "${SBATCH_ARGS:-}"
 common+=("${extra[@]}")
-partition() { local p=${1:-${PARTITION:-}}; [[ -n $p ]] && echo "--partition=$p" || true; }
+mapfile -t data_partition < <(opt partition "${DATA_PARTITION:-${PARTITION:-}}")
+mapfile -t train_partition < <(opt partition "${TRAIN_PARTITION:-${PARTITION:-}}")
+mapfile -t eval_partition < <(opt partition "${EVAL_PARTITION:-${PARTITION:-}}")
 # Word-split on purpose: these hold zero or more sbatch options.
 read -r -a gpu_request <<< "$GPU_REQUEST"
 read -r -a eval_gpu_request <<< "$EVAL_GPU_REQUEST"
@@ -92,7 +101,7 @@ if [[ ${SKIP_DATA:-auto} == auto ]]; then
         "$DATA_DIR" 2>/dev/null; then SKIP_DATA=1; else SKIP_DATA=0; fi
 fi
 if [[ $SKIP_DATA != 1 ]]; then
-    data_job=$(submit "${common[@]}" $(partition "${DATA_PARTITION:-}") --time="${DATA_TIME:-12:00:00}" \
+    data_job=$(submit "${common[@]}" "${data_partition[@]}" --time="${DATA_TIME:-12:00:00}" \
         --output="$LOG_DIR/%x-%j.out" slurm/data_prep.sbatch --out "$DATA_DIR" "${data_args[@]}")
     echo "data:  job $data_job  -> $DATA_DIR"
 else
@@ -105,16 +114,25 @@ fi
 
 after_data=()
 [[ $data_job != skipped ]] && after_data=(--dependency="afterok:$data_job")
-train_job=$(submit "${common[@]}" "${after_data[@]}" $(partition "${TRAIN_PARTITION:-}") \
+train_job=$(submit "${common[@]}" "${after_data[@]}" "${train_partition[@]}" \
     --nodes="${NODES:-1}" "${gpu_request[@]}" --cpus-per-task="$((${CPUS_PER_GPU:-8} * GPUS_PER_NODE))" \
     --time="${TRAIN_TIME:-24:00:00}" --output="$LOG_DIR/%x-%j.out" \
     slurm/train.sbatch --config "$CONFIG" --run-dir "$RUN_DIR" --data.dir="$DATA_DIR" "$@")
 echo "train: job $train_job  -> $RUN_DIR"
 
-eval_job=$(submit "${common[@]}" --dependency="afterok:$train_job" $(partition "${EVAL_PARTITION:-}") \
-    "${eval_gpu_request[@]}" --time="${EVAL_TIME:-04:00:00}" --output="$LOG_DIR/%x-%j.out" \
-    slurm/eval.sbatch --checkpoint "$RUN_DIR" --all --hellaswag "$HELLASWAG" --val-data "$DATA_DIR" \
-    "${eval_args[@]}")
+if [[ ${EVAL_MODE:-final} == watch ]]; then
+    # after: (not afterok) starts the watcher as soon as training starts; it outlives
+    # requeues of the training job and exits once train.max_steps is evaluated.
+    eval_when=(--dependency="after:$train_job")
+    eval_what=(--watch "$RUN_DIR" --exit-when-done --interval "${EVAL_INTERVAL:-300}")
+else
+    eval_when=(--dependency="afterok:$train_job")
+    eval_what=(--checkpoint "$RUN_DIR" --all)
+fi
+eval_job=$(submit "${common[@]}" "${eval_when[@]}" "${eval_partition[@]}" \
+    "${eval_gpu_request[@]}" --cpus-per-task="${EVAL_CPUS:-8}" --time="${EVAL_TIME:-04:00:00}" \
+    --output="$LOG_DIR/%x-%j.out" \
+    slurm/eval.sbatch "${eval_what[@]}" --hellaswag "$HELLASWAG" --val-data "$DATA_DIR" "${eval_args[@]}")
 echo "eval:  job $eval_job  -> $RUN_DIR/eval/report.md"
 echo "logs:  $LOG_DIR"
 echo "jobs: data=$data_job train=$train_job eval=$eval_job"

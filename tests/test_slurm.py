@@ -182,8 +182,8 @@ def test_submit_chain_runs_data_train_eval_in_order_and_ends_with_a_report(clust
     config = write_config(work / "chain.toml", data)
     env = job_env(cluster, RUN_DIR=str(run), DATA_DIR=str(data), DATA_ARGS=" ".join(DATA_ARGS),
                   GPUS_PER_NODE=str(WORKERS), CPUS_PER_GPU="1", GPU_REQUEST="", EVAL_GPU_REQUEST="",
-                  HELLASWAG=str(HELLASWAG_VAL), EVAL_ARGS="--limit 8")
-    # From another directory: submit.sh must find the checkout by itself.
+                  HELLASWAG=str(HELLASWAG_VAL), EVAL_ARGS="--limit 8", EVAL_CPUS="1")
+    del env["PROJECT_DIR"]  # run from another directory: submit.sh must find the checkout itself
     proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), str(config)], env=env, cwd=work,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -202,18 +202,36 @@ def test_submit_chain_runs_data_train_eval_in_order_and_ends_with_a_report(clust
     assert {r["step"] for r in read_jsonl(run / "eval" / "results.jsonl")} == {MAX_STEPS}
 
 
+def test_submit_rejects_a_bad_config_before_submitting_anything(tmp_path):
+    config = write_config(tmp_path / "c.toml", tmp_path / "shards")
+    env = subprocess_env(VENV=sys.prefix, PYTHON=sys.executable)
+    proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), str(config), "--train.max_step=3"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "train.max_step" in proc.stderr
+    assert "job" not in proc.stdout
+
+
 def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(cluster, reference_run, shards, work):
+    """USR1 to the batch shell mid-run -> checkpoint, requeue, resume: the run ends at the same
+    step with the same per-step losses as the uninterrupted one, and an eval --watch job
+    beside it evaluates both runs' checkpoints and exits when the final one is done."""
     run = work / "runs" / "preempted"
-    log = work / "train-preempted.out"
+    log, watch_log = work / "train-preempted.out", work / "watch.out"
     name = f"preempt-{uuid.uuid4().hex[:8]}"
     # Slow steps down so the signal lands mid-run; they are just as deterministic.
-    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS), GPT2_PIPELINE_TEST_STEP_SLEEP="0.4")
+    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS), GPT2_PIPELINE_TEST_STEP_SLEEP="0.3")
+    # One CPU each (the 2 workers share it) so that the watcher fits beside training.
     waiter = subprocess.Popen(
-        ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", f"--cpus-per-task={WORKERS}",
+        ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", "--cpus-per-task=1",
          "slurm/train.sbatch", "--config", str(write_config(work / "preempt.toml", shards)), "--run-dir", str(run)],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         job = _job_id_by_name(cluster, name)
+        watcher = cluster.submit(f"--output={watch_log}", f"--dependency=after:{job}", "--cpus-per-task=1",
+                                 "slurm/eval.sbatch", "--watch", str(run), "--exit-when-done", "--interval", "1",
+                                 "--hellaswag", str(HELLASWAG_VAL), "--limit", "8", "--val-data", str(shards),
+                                 env=job_env(cluster), cwd=REPO)
         _wait_for_step(run, 3, timeout=120)
         cluster.run("scancel", "--signal=USR1", "--batch", str(job))  # what --signal=B:USR1@300 does
         _poll(lambda: cluster.runs(job), 90, f"job {job} to end its first run")
@@ -235,6 +253,10 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     assert [step_of(p) for p in list_checkpoints(run)] == [stopped, MAX_STEPS]
     assert train_losses(run) == train_losses(reference_run)
     assert json.loads((run / "exit.json").read_text())["code"] == 0
+
+    cluster.wait_finished(watcher, timeout=120)
+    assert_completed(cluster, watcher, watch_log)
+    assert {r["step"] for r in read_jsonl(run / "eval" / "results.jsonl")} == {stopped, MAX_STEPS}
 
 
 def _poll(probe, timeout: float, what: str):
