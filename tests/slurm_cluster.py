@@ -20,8 +20,10 @@ Test-only settings, and why:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
+import signal
 import shutil
 import socket
 import subprocess
@@ -76,6 +78,13 @@ def ensure_installed(log=print) -> float:
     if still:
         raise RuntimeError(f"apt-get installed slurm-wlm and munge but {', '.join(still)} is still missing")
     return time.monotonic() - start
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL, so that no
+    daemon outlives a killed test run."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -163,15 +172,8 @@ class SlurmCluster:
         try:
             self._start_munge()
             self._write_conf()
-            logs = self.root / "log"
-            self.procs["slurmctld"] = subprocess.Popen(
-                [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)],
-                stdout=open(logs / "slurmctld.stdout", "w"), stderr=subprocess.STDOUT,
-                env=self.env(), start_new_session=True)
-            self.procs["slurmd"] = subprocess.Popen(
-                [_which("slurmd"), "-D", "-N", self.node, "-f", str(self.conf)],
-                stdout=open(logs / "slurmd.stdout", "w"), stderr=subprocess.STDOUT,
-                env=self.env(), start_new_session=True)
+            self._spawn("slurmctld", "-D", "-c", "-f", str(self.conf))
+            self._spawn("slurmd", "-D", "-N", self.node, "-f", str(self.conf))
             self._wait_idle(timeout)
         except BaseException:
             self.stop()
@@ -183,6 +185,7 @@ class SlurmCluster:
         # munged refuses keys or sockets that other users could touch: the key is 0400
         # and owned by munge; every directory on the socket's path must be traversable.
         self.root.chmod(0o755)
+        (self.root / "log").mkdir()
         mdir = self.root / "munge"
         mdir.mkdir(mode=0o755)
         key = mdir / "munge.key"
@@ -190,20 +193,24 @@ class SlurmCluster:
         key.chmod(0o400)
         shutil.chown(mdir, "munge", "munge")
         shutil.chown(key, "munge", "munge")
-        self.procs["munged"] = subprocess.Popen(
-            [_which("munged"), "--foreground", f"--socket={mdir / 'munge.socket'}", f"--key-file={key}",
-             f"--pid-file={mdir / 'munged.pid'}", f"--log-file={mdir / 'munged.log'}",
-             f"--seed-file={mdir / 'munged.seed'}"],
-            user="munge", group="munge", extra_groups=[], stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "munged.stderr", "w"), start_new_session=True)
+        self._spawn("munged", "--foreground", f"--socket={mdir / 'munge.socket'}", f"--key-file={key}",
+                    f"--pid-file={mdir / 'munged.pid'}", f"--log-file={mdir / 'munged.log'}",
+                    f"--seed-file={mdir / 'munged.seed'}", user="munge", group="munge", extra_groups=[])
         deadline = time.monotonic() + 20
         while not (mdir / "munge.socket").exists():
             if self.procs["munged"].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"munged did not start: {(self.root / 'munged.stderr').read_text()}")
+                raise RuntimeError(f"munged did not start: {(self.root / 'log' / 'munged.stdout').read_text()}")
             time.sleep(0.05)
 
+    def _spawn(self, name: str, *args: str, **popen) -> None:
+        """Start a daemon in the foreground, so that its pid is ours to stop (and only it)."""
+        with open(self.root / "log" / f"{name}.stdout", "w") as out:
+            self.procs[name] = subprocess.Popen(
+                [_which(name), *args], stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+                start_new_session=True, preexec_fn=_die_with_parent, **popen)
+
     def _write_conf(self) -> None:
-        for sub in ("state", "spool", "log"):
+        for sub in ("state", "spool"):
             (self.root / sub).mkdir()
         self.conf.write_text(SLURM_CONF.format(
             node=self.node, root=self.root, ctld_port=_free_port(), slurmd_port=_free_port(),
@@ -245,9 +252,9 @@ class SlurmCluster:
                 proc.kill()
                 proc.wait(timeout=5)
 
-    def logs(self, tail: int = 40) -> str:
+    def logs(self, tail: int = 25) -> str:
         out = []
-        for path in sorted((self.root / "log").glob("*.log")) + [self.root / "munged.stderr"]:
+        for path in sorted((self.root / "log").glob("*")):
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-tail:]
                 out.append(f"--- {path.name} ---\n" + "\n".join(lines))

@@ -93,8 +93,8 @@ def job_env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
     return cluster.env(subprocess_env(PROJECT_DIR=str(REPO), VENV=sys.prefix, PYTHON=sys.executable, **extra))
 
 
-def write_config(path: Path, data: Path, max_steps: int = MAX_STEPS) -> Path:
-    path.write_text(TINY_TOML.format(data=data, max_steps=max_steps))
+def write_config(path: Path, data: Path) -> Path:
+    path.write_text(TINY_TOML.format(data=data, max_steps=MAX_STEPS))
     return path
 
 
