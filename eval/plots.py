@@ -42,6 +42,8 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     """Centered moving average that shrinks at the ends (no lag, no edge droop)."""
     if window <= 1 or len(values) < 3:
         return values
+    # np.convolve(mode="same") returns max(len, window) values: keep the window odd and <= len.
+    window = min(window, len(values) if len(values) % 2 else len(values) - 1)
     kernel = np.ones(window)
     sums = np.convolve(values, kernel, mode="same")
     counts = np.convolve(np.ones_like(values), kernel, mode="same")
