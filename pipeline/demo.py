@@ -88,9 +88,9 @@ def print_samples(layout: Layout, num_tokens: int = 40) -> None:
     from pipeline.generate import generate_texts, load_model
 
     model, state = load_model(str(layout.run))
-    print(f"\nSamples from {state['path']} (top-k 50, temperature 0.8, seed 1337):")
-    for prompt in DEMO_PROMPTS:
-        text = generate_texts(model, prompt, 1, num_tokens, temperature=0.8, top_k=50, seed=1337)[0]
+    print(f"\nSamples from {state['path']} (top-k 50, temperature 0.8):")
+    for seed, prompt in enumerate(DEMO_PROMPTS, 1):
+        text = generate_texts(model, prompt, 1, num_tokens, temperature=0.8, top_k=50, seed=seed)[0]
         print(f"  > {text!r}")
 
 

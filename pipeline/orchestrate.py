@@ -15,6 +15,7 @@ or a preemption repeats no finished work.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -32,6 +33,8 @@ from pipeline.shards import MANIFEST, ShardError, read_manifest
 # children's PYTHONPATH so they run this very code whether or not it is pip-installed.
 CODE_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("eval") / "results.jsonl"
+EXIT = "exit.json"  # the trainer's record of how its latest launch ended
+TARGET_REACHED = "target loss reached"
 REPORT = Path("eval") / "report.md"
 
 
@@ -51,8 +54,19 @@ def data_done(data_dir: str | Path) -> str | None:
 
 def train_done(run_dir: str | Path, max_steps: int) -> str | None:
     found = list_checkpoints(run_dir)
-    if found and step_of(found[-1]) >= max_steps:
+    if not found:
+        return None
+    step = step_of(found[-1])
+    if step >= max_steps:
         return f"final checkpoint {found[-1]} (train.max_steps = {max_steps})"
+    # A run that stopped early on train.target_loss is finished too; the trainer's
+    # exit.json says so (and names the step, so a later, longer launch is not mistaken).
+    try:
+        exit_info = json.loads((Path(run_dir) / EXIT).read_text())
+    except (OSError, ValueError):
+        return None
+    if exit_info.get("code") == 0 and exit_info.get("reason") == TARGET_REACHED and exit_info.get("step") == step:
+        return f"{TARGET_REACHED} at step {step} ({found[-1]})"
     return None
 
 

@@ -53,12 +53,15 @@ def hellaswag_file(cfg: Config, explicit: str | None) -> Path | None:
 
 
 def eval_commands(run_dir: Path, data_dir: str, hellaswag: Path | None, limit: int = 0) -> list[list[str]]:
+    """Every checkpoint of the run (eval skips those already scored and rewrites the report)."""
     args = ["--checkpoint", str(run_dir), "--all", "--val-data", data_dir]
-    if hellaswag is not None:
+    if hellaswag is None:
+        args += ["--tasks", "val"]
+    else:
         args += ["--hellaswag", str(hellaswag)]
     if limit:
         args += ["--limit", str(limit)]
-    return [python_module("eval", *args), python_module("eval.report", str(run_dir))]
+    return [python_module("eval", *args)]
 
 
 def plan(cfg: Config, config_path: str, run_dir: Path, overrides: list[str], nproc: int,

@@ -73,5 +73,7 @@ def make_run(run_dir: Path, data_dir: Path, checkpoint_steps: tuple[int, ...] = 
 
 def write_eval_result(run_dir: Path, step: int, tokens: int, metric: str, value: float, n: int) -> None:
     (run_dir / "eval").mkdir(exist_ok=True)
+    checkpoint = run_dir / "checkpoints" / f"step_{step:06d}"
     append_line(run_dir / "eval" / "results.jsonl", json.dumps(
-        {"step": step, "tokens": tokens, "metric": metric, "value": value, "n": n, "sha256": "0" * 64}))
+        {"step": step, "tokens_seen": tokens, "metric": metric, "value": value, "n": n,
+         "checkpoint": str(checkpoint), "checkpoint_sha256": "0" * 64, "data_sha256": "1" * 64}))

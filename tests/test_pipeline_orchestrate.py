@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 
 import pytest
@@ -35,6 +36,18 @@ def test_train_done_needs_a_complete_checkpoint_at_max_steps(tmp_path):
     # A checkpoint directory without its COMPLETE marker (a save that was killed) does not count.
     (run / "checkpoints" / "step_000030").mkdir()
     assert train_done(run, 30) is None
+
+
+def test_train_done_after_an_early_stop_on_target_loss(tmp_path):
+    run = tmp_path / "run"
+    make_run(run, make_shards(tmp_path / "data"), checkpoint_steps=(10, 20))
+    exit_file = run / "exit.json"
+    exit_file.write_text(json.dumps({"code": 0, "reason": "target loss reached", "step": 20}))
+    assert "target loss reached at step 20" in train_done(run, 30)
+    exit_file.write_text(json.dumps({"code": 3, "reason": "preempted", "step": 20}))
+    assert train_done(run, 30) is None
+    exit_file.write_text(json.dumps({"code": 0, "reason": "target loss reached", "step": 10}))
+    assert train_done(run, 30) is None  # stale: not about the latest checkpoint
 
 
 def test_eval_done_needs_every_checkpoint_and_the_report(tmp_path):
