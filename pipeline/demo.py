@@ -25,7 +25,7 @@ from pipeline.config import ConfigError, resolve
 from pipeline.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
                                   eval_done, format_seconds, python_module, run_stages, torchrun_module,
                                   train_done)
-from pipeline.run import eval_commands
+from pipeline.run import eval_command
 
 DEFAULT_CONFIG = CODE_ROOT / "configs" / "demo.toml"
 # Held-out shard size: shard 0 (val) gets the first 64K tokens, about a tenth of the corpus.
@@ -79,8 +79,8 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
     train = Stage("train", [torchrun_module(1, "train", "--config", str(config), "--run-dir", str(layout.run),
                                             f"--data.dir={shards}", *overrides)],
                   done=lambda: train_done(layout.run, cfg.train.max_steps))
-    evaluate = Stage("eval", eval_commands(layout.run, shards, hellaswag, hellaswag_limit),
-                     done=lambda: eval_done(layout.run))
+    tasks = ["--tasks", "val"] if hellaswag is None else ["--hellaswag", str(hellaswag), "--limit", str(hellaswag_limit)]
+    evaluate = Stage("eval", [eval_command(layout.run, shards, *tasks)], done=lambda: eval_done(layout.run))
     return [corpus, data, train, evaluate], cfg.train.max_steps
 
 
@@ -114,8 +114,8 @@ or stage by stage:
   python -m data_prep.fineweb --out data/fineweb-edu-10B
   python -m data_prep.hellaswag
   torchrun --standalone --nproc_per_node=8 -m train --config configs/gpt2-124m.toml --run-dir runs/gpt2-124m
-  python -m eval --watch runs/gpt2-124m
-Follow it with: python -m pipeline status runs/gpt2-124m"""
+  python -m eval --watch runs/gpt2-124m          # in a second shell, while it trains
+Where it stands: python -m pipeline status runs/gpt2-124m"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo config (default: configs/demo.toml)")
     p.add_argument("--hellaswag", help="HellaSwag val jsonl to use (default: WORK/data/hellaswag/, "
                                        "downloaded when possible)")
-    p.add_argument("--hellaswag-limit", type=int, default=500,
+    p.add_argument("--hellaswag-limit", type=int, default=200,
                    help="HellaSwag examples per checkpoint (0 = all 10,042; the full set takes long on CPU)")
     p.add_argument("--offline", action="store_true", help="do not try to download HellaSwag")
     p.add_argument("--no-samples", action="store_true", help="skip the closing samples")

@@ -1,6 +1,6 @@
 """`python -m pipeline run --config CONFIG`: data -> train -> eval/report for a real config.
 
-    python -m pipeline run --config configs/gpt2-124m.toml            # 8 GPUs on this node
+    python -m pipeline run --config configs/gpt2-124m.toml            # all GPUs of this node
     python -m pipeline run --config configs/gpt2-124m.toml --dry-run  # print the plan only
     python -m pipeline run --config configs/gpt2-124m.toml --train.micro_batch_size=32
 
@@ -43,37 +43,43 @@ def existing_shards(data_dir: str) -> str | None:
     return f"{len(shards.shards)} shards without a manifest in {data_dir}"
 
 
-def hellaswag_file(cfg: Config, explicit: str | None) -> Path | None:
-    for candidate in (explicit, cfg.eval.hellaswag_path, DEFAULT_HELLASWAG):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
+def hellaswag_plan(cfg: Config, explicit: str | None) -> tuple[list[str], Stage | None]:
+    """eval's HellaSwag arguments, and a stage installing the file the config names if missing.
+
+    With eval.hellaswag_path set (configs/gpt2-124m.toml does) the trainer needs the file
+    before its first step, so it is installed first (python -m data_prep.hellaswag). With
+    neither that nor --hellaswag, eval uses data/hellaswag/ when present and says so if not.
+    """
     if explicit:
-        raise ConfigError(f"--hellaswag {explicit}: no such file")
-    return None
+        if not Path(explicit).is_file():
+            raise ConfigError(f"--hellaswag {explicit}: no such file")
+        return ["--hellaswag", explicit], None
+    if not cfg.eval.hellaswag_path:
+        return [], None
+    path = Path(cfg.eval.hellaswag_path)
+    if path.name != DEFAULT_HELLASWAG.name:
+        return ["--hellaswag", str(path)], None  # a file of the user's own: nothing to install
+    stage = Stage("hellaswag", [python_module("data_prep.hellaswag", "--out", str(path.parent))],
+                  done=lambda: f"{path} present" if path.is_file() else None)
+    return ["--hellaswag", str(path)], stage
 
 
-def eval_commands(run_dir: Path, data_dir: str, hellaswag: Path | None, limit: int = 0) -> list[list[str]]:
+def eval_command(run_dir: Path, data_dir: str, *extra: str) -> list[str]:
     """Every checkpoint of the run (eval skips those already scored and rewrites the report)."""
-    args = ["--checkpoint", str(run_dir), "--all", "--val-data", data_dir]
-    if hellaswag is None:
-        args += ["--tasks", "val"]
-    else:
-        args += ["--hellaswag", str(hellaswag)]
-    if limit:
-        args += ["--limit", str(limit)]
-    return [python_module("eval", *args)]
+    return python_module("eval", "--checkpoint", str(run_dir), "--all", "--val-data", data_dir, *extra)
 
 
 def plan(cfg: Config, config_path: str, run_dir: Path, overrides: list[str], nproc: int,
-         data_args: list[str], hellaswag: Path | None) -> list[Stage]:
+         data_args: list[str], hellaswag: str | None) -> list[Stage]:
     data_dir = cfg.data.dir
+    hellaswag_args, install = hellaswag_plan(cfg, hellaswag)
     data = Stage("data", [python_module("data_prep.fineweb", "--out", data_dir, *data_args)],
                  done=lambda: existing_shards(data_dir))
     train = Stage("train", [torchrun_module(nproc, "train", "--config", config_path, "--run-dir", str(run_dir),
                                             *overrides)],
                   done=lambda: train_done(run_dir, cfg.train.max_steps))
-    evaluate = Stage("eval", eval_commands(run_dir, data_dir, hellaswag), done=lambda: eval_done(run_dir))
-    return [data, train, evaluate]
+    evaluate = Stage("eval", [eval_command(run_dir, data_dir, *hellaswag_args)], done=lambda: eval_done(run_dir))
+    return [data, *([install] if install else []), train, evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra arguments for python -m data_prep.fineweb, one quoted string "
                         "(e.g. \"--files 'fineweb/*.parquet' --workers 32\")")
     p.add_argument("--hellaswag", help="HellaSwag val jsonl for eval (default: eval.hellaswag_path, "
-                                       f"else {DEFAULT_HELLASWAG} when present)")
+                                       f"installed if missing; else {DEFAULT_HELLASWAG} when present)")
     p.add_argument("--dry-run", action="store_true", help="print each stage's state and command, run nothing")
     return p
 
@@ -98,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(args.config, overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         nproc = args.nproc_per_node or default_nproc()
-        stages = plan(cfg, args.config, run_dir, overrides, nproc, shlex.split(args.data_args),
-                      hellaswag_file(cfg, args.hellaswag))
+        stages = plan(cfg, args.config, run_dir, overrides, nproc, shlex.split(args.data_args), args.hellaswag)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -108,6 +108,20 @@ def test_pipeline_run_dry_run_shows_what_is_complete(tmp_path, capsys):
     assert "[3/3] eval: to run" in out
 
 
+def test_pipeline_run_installs_the_hellaswag_file_the_config_needs(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    hs = tmp_path / "hs" / "hellaswag_val.jsonl"
+    config.write_text(f'[data]\ndir = "{tmp_path / "data"}"\n[eval]\nhellaswag_path = "{hs}"\n')
+    assert run_main(["--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[2/4] hellaswag: to run" in out and f"python -m data_prep.hellaswag --out {hs.parent}" in out
+    assert f"--hellaswag {hs}" in out.splitlines()[-1]  # eval scores the same file
+    hs.parent.mkdir()
+    hs.write_text("{}\n")
+    assert run_main(["--config", str(config), "--dry-run"]) == 0
+    assert "[2/4] hellaswag: complete" in capsys.readouterr().out
+
+
 def test_pipeline_run_user_errors_are_one_line(tmp_path, capsys):
     assert run_main(["--config", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err
