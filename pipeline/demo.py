@@ -2,7 +2,7 @@
 
     corpus  Python's own documentation (pydoc topics + stdlib docstrings), as jsonl
     data    python -m data_prep.fineweb        -> uint16 shards + manifest
-    train   torchrun -m train                  a ~7M-parameter GPT, loss falling, checkpoints
+    train   python -m train                    a 7.2M-parameter GPT, loss falling, checkpoints
     eval    python -m eval / eval.report       val loss (+ HellaSwag if present) per checkpoint,
                                                report.md / report.html with plots
     then a few samples from the final checkpoint and the commands for the real run.
@@ -23,8 +23,8 @@ from pathlib import Path
 from pipeline.atomic import read_jsonl
 from pipeline.config import ConfigError, resolve
 from pipeline.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
-                                  eval_done, format_seconds, python_module, run_stages, torchrun_module,
-                                  train_done)
+                                  eval_done, format_seconds, python_module, run_stages,
+                                  train_done, trainer_exit_code)
 from pipeline.run import eval_command
 
 DEFAULT_CONFIG = CODE_ROOT / "configs" / "demo.toml"
@@ -68,7 +68,7 @@ def find_hellaswag(layout: Layout, explicit: str | None, offline: bool) -> tuple
 
 
 def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: Path | None,
-                hellaswag_limit: int) -> tuple[list[Stage], int]:
+                hellaswag_limit: int) -> list[Stage]:
     shards = str(layout.shards)
     cfg = resolve(config, [f"--data.dir={shards}", *overrides])
     corpus = Stage("corpus", [python_module("pipeline.demo_corpus", "--out", str(layout.corpus))],
@@ -76,12 +76,13 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
     data = Stage("data", [python_module("data_prep.fineweb", "--files", str(layout.corpus), "--text-column", "text",
                                         "--out", shards, "--prefix", "demo", "--shard-size", str(SHARD_SIZE))],
                  done=lambda: data_done(shards))
-    train = Stage("train", [torchrun_module(1, "train", "--config", str(config), "--run-dir", str(layout.run),
-                                            f"--data.dir={shards}", *overrides)],
-                  done=lambda: train_done(layout.run, cfg.train.max_steps))
+    train = Stage("train", [python_module("train", "--config", str(config), "--run-dir", str(layout.run),
+                                          f"--data.dir={shards}", *overrides)],
+                  done=lambda: train_done(layout.run, cfg.train.max_steps),
+                  exit_code=trainer_exit_code(layout.run))
     tasks = ["--tasks", "val"] if hellaswag is None else ["--hellaswag", str(hellaswag), "--limit", str(hellaswag_limit)]
     evaluate = Stage("eval", [eval_command(layout.run, shards, *tasks)], done=lambda: eval_done(layout.run))
-    return [corpus, data, train, evaluate], cfg.train.max_steps
+    return [corpus, data, train, evaluate]
 
 
 def print_samples(layout: Layout, num_tokens: int = 40) -> None:
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--hellaswag-limit {args.hellaswag_limit}: must be >= 0")
         resolve(args.config, overrides)  # bad overrides fail here, before any work
         hellaswag, note = find_hellaswag(layout, args.hellaswag, args.offline)
-        stages, _ = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit)
+        stages = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -101,6 +102,10 @@ def python_module(module: str, *args: str) -> list[str]:
 
 
 def torchrun_module(nproc: int, module: str, *args: str) -> list[str]:
+    """torchrun for several processes; one process runs plainly (`python -m train` is the
+    same trainer, and Ctrl-C then prints the trainer's one line rather than torchrun's traceback)."""
+    if nproc == 1:
+        return python_module(module, *args)
     # `python -m torch.distributed.run` is the `torchrun` script, without relying on PATH.
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", module, *map(str, args)]
@@ -121,6 +126,9 @@ class Stage:
     name: str
     commands: list[list[str]]
     done: Callable[[], str | None] = lambda: None  # reason string when the output is complete
+    # Maps a failed command's exit code to the real one, given the wall time it started
+    # (torchrun reports any worker failure as 1; the trainer's exit.json has the real code).
+    exit_code: Callable[[int, float], int] | None = None
     seconds: float = 0.0
     outcome: str = "pending"  # pending | skipped | ran | failed
 
@@ -128,7 +136,47 @@ class Stage:
 class StageFailed(RuntimeError):
     def __init__(self, stage: str, cmd: list[str], code: int):
         self.stage, self.code = stage, code
-        super().__init__(f"stage {stage} failed (exit {code}): {display(cmd)}")
+        what = "stopped after saving a checkpoint" if code == 3 else "failed"
+        super().__init__(f"stage {stage} {what} (exit {code}): {display(cmd)}")
+
+
+def trainer_exit_code(run_dir: str | Path) -> Callable[[int, float], int]:
+    def code(returned: int, started: float) -> int:
+        path = Path(run_dir) / EXIT
+        try:
+            if path.stat().st_mtime >= started:
+                return int(json.loads(path.read_text())["code"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return returned
+    return code
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> int:
+    """Run one stage command to completion and return its exit code.
+
+    Ctrl-C reaches the child too (same process group), so we keep waiting while it stops
+    cleanly — the trainer saves a checkpoint first; a second Ctrl-C stops waiting. A
+    SIGTERM sent to this process only (e.g. `scancel --signal=TERM` on the batch shell)
+    is passed on to the child, so the run is preempted the way the trainer expects.
+    """
+    proc = subprocess.Popen(cmd, env=env)
+    forward = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    interrupted = False
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                if interrupted:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                interrupted = True
+                print("interrupted: waiting for the stage to stop cleanly (Ctrl-C again to kill it)",
+                      file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, forward)
 
 
 def run_stages(stages: list[Stage], out=sys.stdout, env: dict[str, str] | None = None) -> None:
@@ -148,11 +196,12 @@ def run_stages(stages: list[Stage], out=sys.stdout, env: dict[str, str] | None =
         start = time.monotonic()
         for cmd in stage.commands:
             print(f"{header}: $ {display(cmd)}", file=out, flush=True)
-            code = subprocess.call(cmd, env=env)
+            started = time.time()
+            code = run_child(cmd, env)
             if code != 0:
                 stage.outcome = "failed"
                 stage.seconds = time.monotonic() - start
-                raise StageFailed(stage.name, cmd, code)
+                raise StageFailed(stage.name, cmd, stage.exit_code(code, started) if stage.exit_code else code)
         stage.seconds = time.monotonic() - start
         stage.outcome = "ran"
         print(f"{header}: done in {format_seconds(stage.seconds)}", file=out, flush=True)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, resolve
 from pipeline.orchestrate import (Stage, StageFailed, data_done, display, eval_done, python_module,
-                                  run_stages, torchrun_module, train_done)
+                                  run_stages, torchrun_module, train_done,
+                                  trainer_exit_code)
 from pipeline.shards import ShardError, load_shard_set
 
 DEFAULT_HELLASWAG = Path("data/hellaswag/hellaswag_val.jsonl")
@@ -77,7 +78,7 @@ def plan(cfg: Config, config_path: str, run_dir: Path, overrides: list[str], npr
                  done=lambda: existing_shards(data_dir))
     train = Stage("train", [torchrun_module(nproc, "train", "--config", config_path, "--run-dir", str(run_dir),
                                             *overrides)],
-                  done=lambda: train_done(run_dir, cfg.train.max_steps))
+                  done=lambda: train_done(run_dir, cfg.train.max_steps), exit_code=trainer_exit_code(run_dir))
     evaluate = Stage("eval", [eval_command(run_dir, data_dir, *hellaswag_args)], done=lambda: eval_done(run_dir))
     return [data, *([install] if install else []), train, evaluate]
 

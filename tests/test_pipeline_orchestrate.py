@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
 from conftest import run_module
-from pipeline.orchestrate import (Stage, StageFailed, data_done, display, eval_done, run_stages,
-                                  torchrun_module, train_done)
+from pipeline.orchestrate import (Stage, StageFailed, child_env, data_done, display, eval_done, run_child,
+                                  run_stages, torchrun_module, train_done, trainer_exit_code)
 from pipeline.run import main as run_main
 from pipeline.shards import MANIFEST
 from pipeline_run_fixture import make_run, make_shards, write_eval_result
@@ -84,10 +88,47 @@ def test_run_stages_stops_at_a_failing_stage_with_its_exit_code(tmp_path):
     assert stages[1].outcome == "pending"
 
 
+def test_the_trainers_exit_json_gives_the_real_exit_code(tmp_path):
+    # torchrun exits 1 whatever its worker returned; the trainer's exit.json says 3 (preempted).
+    exit_file = tmp_path / "exit.json"
+    write_then_fail = [sys.executable, "-c",
+                       f"import json; json.dump({{'code': 3, 'reason': 'preempted', 'step': 5}}, "
+                       f"open({str(exit_file)!r}, 'w')); raise SystemExit(1)"]
+    stage = Stage("train", [write_then_fail], exit_code=trainer_exit_code(tmp_path))
+    with pytest.raises(StageFailed) as err:
+        run_stages([stage], out=io.StringIO())
+    assert err.value.code == 3 and "stopped after saving a checkpoint" in str(err.value)
+    # An exit.json left by an earlier launch says nothing about this one.
+    stage = Stage("train", [[sys.executable, "-c", "raise SystemExit(1)"]], exit_code=trainer_exit_code(tmp_path))
+    os.utime(exit_file, (time.time() - 60, time.time() - 60))
+    with pytest.raises(StageFailed) as err:
+        run_stages([stage], out=io.StringIO())
+    assert err.value.code == 1
+
+
+def test_sigterm_to_the_orchestrator_reaches_the_stage(tmp_path):
+    ready = tmp_path / "ready"
+    child = (f"import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); "
+             f"open({str(ready)!r}, 'w').close(); time.sleep(60); sys.exit(0)")
+
+    def preempt():
+        deadline = time.time() + 30
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # only this process: the forwarding must do the rest
+
+    threading.Thread(target=preempt, daemon=True).start()
+    started = time.time()
+    assert run_child([sys.executable, "-c", child], child_env()) == 3
+    assert time.time() - started < 30
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
 def test_display_shows_commands_as_a_user_types_them():
     assert display(torchrun_module(8, "train", "--config", "a b.toml")) == \
         "torchrun --standalone --nproc_per_node=8 -m train --config 'a b.toml'"
     assert display([sys.executable, "-m", "eval", "--all"]) == "python -m eval --all"
+    assert display(torchrun_module(1, "train", "--run-dir", "r")) == "python -m train --run-dir r"
 
 
 def test_pipeline_run_dry_run_shows_what_is_complete(tmp_path, capsys):
