@@ -8,8 +8,10 @@ naming the dotted key and the bad value.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -157,8 +159,13 @@ class Config:
         return to_toml(self.to_dict())
 
     def model_hash(self) -> str:
-        """Fingerprint of everything that fixes the parameter shapes (checked on resume)."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()).hexdigest()[:16]
+        """Fingerprint of everything that fixes the parameter shapes (checked on resume).
+
+        activation_checkpointing is left out: it trades memory for compute without
+        changing a single weight, so a run may resume with it switched on or off.
+        """
+        shapes = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "activation_checkpointing"}
+        return hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:
@@ -180,6 +187,9 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
             return value
     elif typ == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # No setting means anything at inf/nan, and nan slips past every `x > 0` check.
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} = {value!r}: must be a finite number")
             return float(value)
     elif typ == "str":
         if isinstance(value, str):
@@ -200,10 +210,17 @@ def _parse_cli_value(key: str, text: str, typ: str) -> Any:
         if typ == "int":
             return int(text.replace("_", ""))
         if typ == "float":
-            return float(text)
+            number = float(text)
     except ValueError:
         raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
-    return text
+    return _coerce(key, number, typ) if typ == "float" else text
+
+
+def _unknown(what: str, name: str, value: Any, known: list[str]) -> ConfigError:
+    """The error for a misspelt section/key: names it, its value and the closest real name."""
+    close = difflib.get_close_matches(name.rpartition(".")[2], known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config {what} {name!r} (= {value!r}){hint} (known: {', '.join(known)})")
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
@@ -212,16 +229,16 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     classes = _section_classes()
     for section, values in data.items():
         if section not in classes:
-            raise ConfigError(f"unknown config section {section!r} (known: {', '.join(classes)})")
+            raise _unknown("section", section, values, list(classes))
         if not isinstance(values, dict):
-            raise ConfigError(f"{section} = {values!r}: expected a table of keys")
+            raise ConfigError(f"{section} = {values!r}: expected a table of keys ([{section}])")
         current = getattr(cfg, section)
         types = {f.name: f.type for f in fields(current)}
         updates = {}
         for key, value in values.items():
             dotted = f"{section}.{key}"
             if key not in types:
-                raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(types)})")
+                raise _unknown("key", dotted, value, list(types))
             updates[key] = _coerce(dotted, value, types[key])
         setattr(cfg, section, dataclasses.replace(current, **updates))
     return cfg
@@ -230,10 +247,13 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
 def load_toml(path: str | Path, base: Config | None = None) -> Config:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as f:  # TOML is UTF-8 whatever the locale says
+            data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as err:
+    except OSError as err:  # a directory, no permission, ...
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {err.strerror or err}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
     return from_dict(data, base)
 
@@ -257,10 +277,10 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         i += 1
         section, _, name = key.partition(".")
         if section not in classes:
-            raise ConfigError(f"unknown config section {section!r} in --{key} (known: {', '.join(classes)})")
+            raise _unknown("section", section, text, list(classes))
         types = {f.name: f.type for f in fields(classes[section])}
         if name not in types:
-            raise ConfigError(f"unknown config key {key!r} (known in {section}: {', '.join(types)})")
+            raise _unknown("key", key, text, list(types))
         values.setdefault(section, {})[name] = _parse_cli_value(key, text, types[name])
     return from_dict(values, cfg)
 
@@ -280,7 +300,9 @@ def _toml_value(value: Any) -> str:
         text = repr(value)
         return text if any(c in text for c in ".en") else text + ".0"
     if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+        # JSON's escapes are valid TOML basic strings, except its \ud83d\ude00 surrogate pairs
+        # (hence ensure_ascii=False: the text is UTF-8) and a raw DEL, which TOML forbids.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     raise TypeError(f"cannot write {value!r} to TOML")
 
 

@@ -86,6 +86,13 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.apply(self._init_weights)
 
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str) -> "GPT":
+        """GPT-2 weights in Hugging Face format (a directory, or a hub name already in the
+        local HF cache); see pipeline/hf.py. Imported lazily: the model file does no I/O."""
+        from pipeline.hf import load_hf_gpt2
+        return load_hf_gpt2(name_or_dir)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             std = 0.02
@@ -115,7 +122,8 @@ class GPT(nn.Module):
                 cache: KVCache | None = None, start_pos: int = 0):
         """Return (logits over the padded vocab, mean cross-entropy or None).
 
-        targets equal to -1 are ignored. `cache`/`start_pos` are for generate().
+        Logits of the padding ids (>= vocab_size) are the dtype's minimum, so a softmax
+        over the padded vocab equals one over the real vocab. targets equal to -1 are ignored. `cache`/`start_pos` are for generate().
         """
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
@@ -128,6 +136,14 @@ class GPT(nn.Module):
             else:
                 x = block(x, cache, i)
         logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.padded_vocab_size > self.config.vocab_size:
+            # The padding columns are not tokens. Without this they would take probability
+            # mass in every softmax: the loss would not be the 50257-way cross-entropy, and
+            # imported HF weights (zero pad rows -> logit 0, far above GPT-2's typical
+            # logits) would look badly broken. The in-place write is cheap and autograd-safe
+            # (the matmul does not save its output); finfo.min rather than -inf keeps
+            # downstream arithmetic such as p * log p free of nan.
+            logits[..., self.config.vocab_size:] = torch.finfo(logits.dtype).min
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),

