@@ -28,8 +28,8 @@ from pipeline.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_e
 from pipeline.run import eval_command
 
 DEFAULT_CONFIG = CODE_ROOT / "configs" / "demo.toml"
-# Held-out shard size: shard 0 (val) gets the first 64K tokens, about a tenth of the corpus.
-SHARD_SIZE = 65_536
+# Shard 0 (val) holds the first 32,768 tokens, about a tenth of the ~370K-token corpus.
+SHARD_SIZE = 32_768
 DEMO_PROMPTS = ("The Python interpreter", "A dictionary is", "This module provides")
 
 

@@ -3,16 +3,20 @@
 `python -m pipeline demo` must run with no download, and this repository must not
 carry anyone's text. Every CPython ships two bodies of real, human-written English:
 
-  * pydoc_data.topics — the Language Reference sections that `help("assert")` prints
-    (about 465 KB);
+  * pydoc_data.topics — the Language Reference sections that `help("assert")` prints;
   * the docstrings of the standard library's own source files, read with `ast` (never
-    imported, so nothing executes) — about 1.3 MB of explanations of what modules,
-    classes and functions do.
+    imported, so nothing executes): explanations of what modules, classes and
+    functions do.
 
 One document per reference topic and one per stdlib module (its docstrings joined in
-source order). The list is sorted, then shuffled with a fixed seed, so the same Python
-gives byte-identical output and the held-out val shard (the first tokens, see
-DESIGN.md) is a mix of both sources rather than all of one.
+source order). Only the prose is kept: code examples, grammar rules and doctests
+(indented blocks, `>>>` lines) and reST heading underlines are dropped, and each
+paragraph is reflowed onto one line. Left in, they make a fifth of the tokens runs of
+spaces, which a model trained for minutes learns first and then samples forever.
+
+The list is sorted, then shuffled with a fixed seed, so the same Python gives
+byte-identical output and the held-out val shard (the first tokens, see DESIGN.md) is a
+mix of both sources rather than all of one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import ast
 import json
 import random
+import re
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -40,6 +45,25 @@ class CorpusError(RuntimeError):
     """No demo text can be found in this Python installation."""
 
 
+UNDERLINE = re.compile(r"^[*=\-~^#+]{3,}$")  # reST heading underlines: "*****", "====="
+BULLETS = ("* ", "- ", "+ ")
+
+
+def prose(text: str) -> str:
+    """The prose paragraphs of a reST-ish text, each reflowed onto one line."""
+    kept = []
+    for paragraph in re.split(r"\n[ \t]*\n", text):
+        lines = [line.rstrip() for line in paragraph.strip("\n").split("\n") if not UNDERLINE.match(line.strip())]
+        if not lines or lines[0][:1].isspace() or lines[0].startswith(">>>"):
+            continue  # an indented block: code, grammar, a doctest, a parameter table
+        if not lines[0].startswith(BULLETS) and any(line[:1].isspace() for line in lines):
+            continue  # "Parameters:" over indented entries (a bullet's own lines may be indented)
+        flowed = re.sub(r"\s+", " ", " ".join(lines)).strip()
+        if flowed and not flowed.endswith("::"):  # "Example::" introduces a code block just dropped
+            kept.append(flowed)
+    return "\n\n".join(kept)
+
+
 @dataclass(frozen=True)
 class Document:
     source: str  # "pydoc_data.topics:assert" or "stdlib:json/decoder.py"
@@ -52,8 +76,8 @@ def reference_topics() -> list[Document]:
         from pydoc_data.topics import topics
     except ImportError:
         return []
-    return [Document(f"pydoc_data.topics:{key}", topics[key].strip()) for key in sorted(topics)
-            if len(topics[key].strip()) >= MIN_DOCUMENT_CHARS]
+    documents = [Document(f"pydoc_data.topics:{key}", prose(topics[key])) for key in sorted(topics)]
+    return [d for d in documents if len(d.text) >= MIN_DOCUMENT_CHARS]
 
 
 def _docstrings_in_source_order(tree: ast.AST) -> list[str]:
@@ -85,7 +109,7 @@ def stdlib_docstrings(stdlib_dir: Path | None = None) -> list[Document]:
         except (SyntaxError, ValueError, OSError):
             continue  # e.g. lib2to3 fixtures written in Python 2 on purpose
         kept = []
-        for text in _docstrings_in_source_order(tree):
+        for text in map(prose, _docstrings_in_source_order(tree)):
             if len(text.split()) >= MIN_DOCSTRING_WORDS and text not in seen:
                 seen.add(text)
                 kept.append(text)

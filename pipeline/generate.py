@@ -17,6 +17,7 @@ import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from pipeline.config import ConfigError, from_dict
+from pipeline.hf import HFError, load_hf_gpt2
 from pipeline.model import GPT
 from pipeline.tokenizer import EOT, TokenizerError, get_tokenizer
 
@@ -105,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         device = pick_device(args.device)
         if args.hf:
-            from pipeline.hf import load_hf_gpt2
-
             model, where = load_hf_gpt2(args.hf).to(device).eval(), f"HF {args.hf}"
         else:
             model, state = load_model(args.checkpoint, device)
             where = f"{state['path']} (step {state.get('step')})"
         texts = generate_texts(model, args.prompt, args.num_samples, args.max_new_tokens, args.temperature,
                                args.top_k or None, args.top_p, args.seed)
-    except (CheckpointError, ConfigError, TokenizerError, ValueError, OSError) as err:
+    except (CheckpointError, ConfigError, HFError, TokenizerError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"# {where}, seed {args.seed}, temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}")

@@ -7,6 +7,7 @@ import torch
 
 from pipeline.checkpoint import CheckpointError
 from pipeline.generate import generate_texts, load_model, main as generate_main
+from pipeline.hf import export_hf
 from pipeline.tokenizer import get_tokenizer
 from pipeline_run_fixture import make_run, make_shards
 
@@ -77,3 +78,16 @@ def test_corrupt_checkpoint_is_refused(run):
         f.write(b"corrupt!")
     with pytest.raises(CheckpointError, match="sha256"):
         load_model(str(ckpt))
+
+
+def test_hf_weights_sample_the_same_text_as_the_checkpoint(run, tmp_path, capsys):
+    run_dir, _, model = run
+    export_hf(model, tmp_path / "hf")  # the checkpointed weights in Hugging Face's GPT-2 layout
+    args = ["--prompt", "Once upon", "--num-samples", "2", "--max-new-tokens", "6", "--seed", "5"]
+    assert generate_main(["--hf", str(tmp_path / "hf"), *args]) == 0
+    from_hf = capsys.readouterr().out.split("\n", 1)[1]
+    assert generate_main(["--checkpoint", str(run_dir), *args]) == 0
+    from_checkpoint = capsys.readouterr().out.split("\n", 1)[1]
+    assert from_hf == from_checkpoint and from_hf.count("Once upon") == 2
+    assert generate_main(["--hf", str(tmp_path / "not-there"), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
