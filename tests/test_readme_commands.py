@@ -38,8 +38,8 @@ NEVER_RUN = [
      "installs packages (would change the environment the tests run in)"),
     (re.compile(r"\bmake\s+test\b|\bpytest\b|\.ci/run\b"), "runs the test suite this test belongs to"),
 ]
-DEMO_ARGS = ("--offline --train.max_steps=16 --train.checkpoint_every=8 --train.log_every=2 --eval.eval_every=8 "
-             "--eval.val_tokens=1024 --eval.sample_every=8 --hellaswag-limit=8")
+DEMO_ARGS = ("--offline --train.max_steps=6 --train.checkpoint_every=3 --train.log_every=1 --eval.eval_every=3 "
+             "--eval.val_tokens=1024 --eval.sample_every=3 --hellaswag-limit=8")
 BLOCK_TIMEOUT = 600
 
 
