@@ -116,6 +116,8 @@ or stage by stage:
   python -m data_prep.hellaswag
   torchrun --standalone --nproc_per_node=8 -m train --config configs/gpt2-124m.toml --run-dir runs/gpt2-124m
   python -m eval --watch runs/gpt2-124m          # in a second shell, while it trains
+on a Slurm cluster (data -> train -> eval as dependent jobs, requeued on preemption):
+  PARTITION=gpu slurm/submit.sh configs/gpt2-124m.toml
 Where it stands: python -m pipeline status runs/gpt2-124m"""
 
 
