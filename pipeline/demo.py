@@ -3,7 +3,7 @@
     corpus  Python's own documentation (pydoc topics + stdlib docstrings), as jsonl
     data    python -m data_prep.fineweb        -> uint16 shards + manifest
     train   python -m train                    a 7.2M-parameter GPT, loss falling, checkpoints
-    eval    python -m eval / eval.report       val loss (+ HellaSwag if present) per checkpoint,
+    eval    python -m eval                     val loss (+ HellaSwag if present) per checkpoint,
                                                report.md / report.html with plots
     then a few samples from the final checkpoint and the commands for the real run.
 
@@ -81,7 +81,8 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
                   done=lambda: train_done(layout.run, cfg.train.max_steps),
                   exit_code=trainer_exit_code(layout.run))
     tasks = ["--tasks", "val"] if hellaswag is None else ["--hellaswag", str(hellaswag), "--limit", str(hellaswag_limit)]
-    evaluate = Stage("eval", [eval_command(layout.run, shards, *tasks)], done=lambda: eval_done(layout.run))
+    metrics = ("val_loss",) if hellaswag is None else ("val_loss", "hellaswag_acc_norm")
+    evaluate = Stage("eval", [eval_command(layout.run, shards, *tasks)], done=lambda: eval_done(layout.run, metrics))
     return [corpus, data, train, evaluate]
 
 

@@ -7,7 +7,8 @@ demo` does, a user (or a Slurm script) can do by hand, one stage at a time.
 A stage is skipped when its output is complete:
   data   the shard manifest says complete
   train  a complete checkpoint exists at train.max_steps
-  eval   every complete checkpoint has results in eval/results.jsonl, and the report exists
+  eval   every complete checkpoint has each wanted metric in eval/results.jsonl (val loss,
+         and HellaSwag when its file is there), and the report exists
 Each stage is itself resumable (data_prep keeps complete shards, the trainer resumes from
 its latest checkpoint, eval skips checkpoints it has scored), so re-running after a crash
 or a preemption repeats no finished work.
@@ -71,22 +72,24 @@ def train_done(run_dir: str | Path, max_steps: int) -> str | None:
     return None
 
 
-def evaluated_steps(run_dir: str | Path) -> set[int]:
+def evaluated_steps(run_dir: str | Path, metric: str | None = None) -> set[int]:
+    """Steps with a result in eval/results.jsonl (for one metric, or any)."""
     steps = set()
     for row in read_jsonl(Path(run_dir) / RESULTS):
-        if isinstance(row.get("step"), int):
+        if isinstance(row.get("step"), int) and metric in (None, row.get("metric")):
             steps.add(row["step"])
     return steps
 
 
-def eval_done(run_dir: str | Path) -> str | None:
+def eval_done(run_dir: str | Path, metrics: tuple[str, ...] = ("val_loss",)) -> str | None:
+    """Every complete checkpoint has a result for each metric, and the report exists."""
     run_dir = Path(run_dir)
     checkpoints = {step_of(p) for p in list_checkpoints(run_dir)}
-    if not checkpoints or not checkpoints <= evaluated_steps(run_dir):
+    if not checkpoints or not all(checkpoints <= evaluated_steps(run_dir, m) for m in metrics):
         return None
     if not (run_dir / REPORT).is_file():
         return None
-    return f"{len(checkpoints)} checkpoints evaluated, report {run_dir / REPORT}"
+    return f"{len(checkpoints)} checkpoints have {', '.join(metrics)}; report {run_dir / REPORT}"
 
 
 # -- running stages --

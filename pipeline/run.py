@@ -79,7 +79,13 @@ def plan(cfg: Config, config_path: str, run_dir: Path, overrides: list[str], npr
     train = Stage("train", [torchrun_module(nproc, "train", "--config", config_path, "--run-dir", str(run_dir),
                                             *overrides)],
                   done=lambda: train_done(run_dir, cfg.train.max_steps), exit_code=trainer_exit_code(run_dir))
-    evaluate = Stage("eval", [eval_command(run_dir, data_dir, *hellaswag_args)], done=lambda: eval_done(run_dir))
+
+    def eval_complete() -> str | None:
+        # eval's default picks up data/hellaswag/ once it appears, so HellaSwag is wanted then.
+        wants_hellaswag = bool(hellaswag_args) or DEFAULT_HELLASWAG.is_file()
+        return eval_done(run_dir, ("val_loss", "hellaswag_acc_norm") if wants_hellaswag else ("val_loss",))
+
+    evaluate = Stage("eval", [eval_command(run_dir, data_dir, *hellaswag_args)], done=eval_complete)
     return [data, *([install] if install else []), train, evaluate]
 
 

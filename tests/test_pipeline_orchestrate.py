@@ -61,6 +61,10 @@ def test_eval_done_needs_every_checkpoint_and_the_report(tmp_path):
     assert eval_done(run) is None  # step 20 not evaluated
     write_eval_result(run, 20, 1280, "val_loss", 8.0, 1024)
     assert eval_done(run) is not None
+    # HellaSwag added later: the checkpoints still need it (val loss alone is not enough then).
+    assert eval_done(run, ("val_loss", "hellaswag_acc_norm")) is None
+    write_eval_result(run, 20, 1280, "hellaswag_acc_norm", 0.3, 40)
+    assert eval_done(run, ("val_loss", "hellaswag_acc_norm")) is not None
     (run / "eval" / "report.md").unlink()
     assert eval_done(run) is None
     assert eval_done(tmp_path / "no-run") is None
