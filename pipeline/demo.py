@@ -56,7 +56,7 @@ def find_hellaswag(layout: Layout, explicit: str | None, offline: bool) -> tuple
     how = f"add it with: python -m data_prep.hellaswag --from PATH --out {layout.hellaswag_dir}"
     if offline:
         return None, f"HellaSwag: skipped (--offline, no {layout.hellaswag}); {how}"
-    cmd = python_module("data_prep.hellaswag", "--out", str(layout.hellaswag_dir))
+    cmd = python_module("data_prep.hellaswag", "--out", str(layout.hellaswag_dir), "--timeout", "30")
     print(f"HellaSwag: not found locally, trying $ {display(cmd)}", flush=True)
     try:
         proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
