@@ -6,7 +6,8 @@ demo` does, a user (or a Slurm script) can do by hand, one stage at a time.
 
 A stage is skipped when its output is complete:
   data   the shard manifest says complete
-  train  a complete checkpoint exists at train.max_steps
+  train  a complete checkpoint exists at train.max_steps (or the trainer's exit.json says
+         it stopped there on train.target_loss)
   eval   every complete checkpoint has each wanted metric in eval/results.jsonl (val loss,
          and HellaSwag when its file is there), and the report exists
 Each stage is itself resumable (data_prep keeps complete shards, the trainer resumes from
