@@ -88,6 +88,34 @@ def tiny_shards(tmp_path_factory) -> Path:
     return build_shards(tmp_path_factory.mktemp("faults-data") / "shards")
 
 
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory, tiny_shards) -> Path:
+    from faults._stages import tiny_config_text
+    path = tmp_path_factory.mktemp("faults-config") / "tiny.toml"
+    path.write_text(tiny_config_text(tiny_shards))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config) -> Path:
+    """A finished tiny training run (checkpoints every 3 steps), trained in this process.
+    Read-only for tests: copy it to damage it."""
+    from faults._inject import call_main, describe
+    from train.__main__ import main
+    run = tmp_path_factory.mktemp("faults-run") / "run"
+    code, _, err = call_main(main, ["--config", tiny_config, "--run-dir", run], timeout=600)
+    assert code == 0, describe(code, err)
+    return run
+
+
+@pytest.fixture(scope="session")
+def zygote():
+    """Forks stage runs from one pre-imported interpreter (see _zygote.py)."""
+    from faults._zygote import Zygote
+    with Zygote() as z:
+        yield z
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - hook signature
     lines = LEDGER.render()
     if not lines:
