@@ -9,7 +9,9 @@ A test injects a fault, observes what happened, records it, THEN asserts:
 
 Each fault is exactly one of: recovered (the re-run completed with output identical to a
 clean run), clean_error (refused with one `error:` line naming the file/key, nothing
-started), or neither (a failure the test then reports). data_lost marks a fault after which
+started), harmless (accepted, and every byte the reader used is what it was before the
+fault: e.g. a flipped bit in a manifest's record of the input file names), or none of
+these (a failure the test then reports). data_lost marks a fault after which
 data that existed before it (complete shards, checkpoints, results) was gone or changed.
 The table is also written as JSON to $FAULTS_SUMMARY when that variable names a file.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-COLUMNS = ("injected", "recovered", "clean_error", "data_lost", "unhandled")
+COLUMNS = ("injected", "recovered", "clean_error", "harmless", "data_lost", "unhandled")
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,12 @@ class Fault:
     where: str
     recovered: bool
     clean_error: bool
+    harmless: bool
     data_lost: bool
 
     @property
     def unhandled(self) -> bool:
-        return not (self.recovered or self.clean_error) or self.data_lost
+        return not (self.recovered or self.clean_error or self.harmless) or self.data_lost
 
 
 class FaultLog:
@@ -45,8 +48,8 @@ class FaultLog:
         self.faults: list[Fault] = []
 
     def record(self, kind: str, where: str, *, recovered: bool = False, clean_error: bool = False,
-               data_lost: bool = False) -> Fault:
-        fault = Fault(kind, where, bool(recovered), bool(clean_error), bool(data_lost))
+               harmless: bool = False, data_lost: bool = False) -> Fault:
+        fault = Fault(kind, where, bool(recovered), bool(clean_error), bool(harmless), bool(data_lost))
         self.faults.append(fault)
         return fault
 
@@ -57,6 +60,7 @@ class FaultLog:
             row["injected"] += 1
             row["recovered"] += f.recovered
             row["clean_error"] += f.clean_error and not f.recovered
+            row["harmless"] += f.harmless and not (f.recovered or f.clean_error)
             row["data_lost"] += f.data_lost
             row["unhandled"] += f.unhandled
         return dict(rows)
