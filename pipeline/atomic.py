@@ -63,7 +63,11 @@ def append_line(path: str | Path, line: str) -> None:
 
 
 def _drop_torn_tail(path: str | Path) -> None:
-    """Cut a partial last line left by a killed writer, so the next line starts clean."""
+    """Cut a partial last line left by a killed writer, so the next line starts clean.
+
+    A last line that is complete JSON and lacks only its newline is kept (the newline is
+    added): read_jsonl already counts it as a row, so dropping it here would lose a row
+    that readers had seen -- e.g. a result eval then never recomputes."""
     try:
         with open(path, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
@@ -75,9 +79,19 @@ def _drop_torn_tail(path: str | Path) -> None:
             f.seek(max(0, size - (1 << 20)))
             tail = f.read()
             cut = tail.rfind(b"\n")
+            try:
+                json.loads(tail[cut + 1:])
+                f.write(b"\n")
+                return
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                pass
             f.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
     except FileNotFoundError:
         pass
+
+
+class JsonlError(ValueError):
+    """A JSON-lines file with a damaged line before its last one (names the file and line)."""
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -95,7 +109,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON: {line[:80]!r}") from None
+            raise JsonlError(f"{path}:{i + 1}: not valid JSON: {line[:80]!r} (fix or delete that line)") from None
     return rows
 
 
