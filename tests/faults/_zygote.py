@@ -81,6 +81,10 @@ def serve() -> None:
             pid = os.fork()
             if pid == 0:
                 _child(request, reply.fileno())
+            try:  # in both processes, so the group exists before the pid is handed out (no race)
+                os.setpgid(pid, pid)
+            except OSError:  # the child got there first, or is already gone
+                pass
             reply.write(json.dumps({"pid": pid}) + "\n")
         elif request["op"] == "wait":
             pid, deadline = request["pid"], time.monotonic() + request["timeout"]
@@ -144,7 +148,13 @@ class Zygote:
             pass
         code = self.wait(run, timeout=60.0)
         if code is None:
-            raise RuntimeError(f"pid {run.pid} survived signal {sig}")
+            try:
+                status = Path(f"/proc/{run.pid}/status").read_text()
+                wchan = Path(f"/proc/{run.pid}/wchan").read_text()
+            except OSError as err:
+                status, wchan = str(err), ""
+            raise RuntimeError(f"pid {run.pid} survived signal {sig}: {status[:400]} wchan={wchan}\n"
+                               f"{run.output()[-2000:]}")
         return code
 
     def close(self) -> None:
