@@ -31,10 +31,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same error, naming the file (a failed write() reports no file name: 'disk full' where?)."""
+    if err.filename is not None:
+        return err
+    return type(err)(err.errno, err.strerror, str(path)) if err.errno is not None else err
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -58,6 +68,8 @@ def append_line(path: str | Path, line: str) -> None:
     try:
         os.write(fd, data)
         os.fsync(fd)
+    except OSError as err:
+        raise _naming(err, Path(path)) from None
     finally:
         os.close(fd)
 
