@@ -161,3 +161,16 @@ def open_shard(info: ShardInfo, verify_hash: bool = False) -> np.ndarray:
     if verify_hash and info.sha256 and sha256_file(path) != info.sha256:
         raise ShardError(f"{path}: sha256 does not match the manifest (the file is corrupt)")
     return array
+
+
+def verify_shards(shards: list[ShardInfo], rank: int = 0, world_size: int = 1) -> list[str]:
+    """sha256-check this rank's share of shards (every world_size-th, from rank) against the
+    manifest; returns the problems found, each naming its file. Splitting the work lets N
+    ranks check a 10B-token directory (20 GB) in 1/N of the time before training starts."""
+    problems = []
+    for info in shards[rank::world_size]:
+        try:
+            open_shard(info, verify_hash=True)
+        except ShardError as err:
+            problems.append(str(err))
+    return problems
