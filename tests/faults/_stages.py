@@ -7,9 +7,10 @@ CPU core, so a fault kind can be injected dozens of times within the suite's bud
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from conftest import TEXT_DIR
+from conftest import TEXT_DIR, subprocess_env
 
 # 1789..1860 inaugural addresses: 19 real documents, ~63k GPT-2 tokens, all UTF-8.
 CORPUS_FILES = sorted((TEXT_DIR / "inaugural").glob("1[78]*.txt"))[:19]
@@ -56,3 +57,36 @@ def _literal(value: object) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Job:
+    """`torchrun --nproc_per_node=N -m train ARGV` as N ranks forked from the zygote."""
+
+    def __init__(self, zygote, nproc: int, argv: list, logs: Path, **env: str):
+        self.zygote = zygote
+        port = str(free_port())
+        self.ranks = []
+        for rank in range(nproc):
+            rank_env = subprocess_env(**env)
+            if nproc > 1:
+                rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                                LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            self.ranks.append(zygote.start("train.__main__", argv, rank_env, Path(f"{logs}.rank{rank}.log")))
+
+    def poll(self) -> list[int | None]:
+        return [self.zygote.poll(r) for r in self.ranks]
+
+    def wait(self, timeout: float = 300) -> list[int | None]:
+        return [self.zygote.wait(r, timeout) for r in self.ranks]
+
+    def kill(self) -> list[int]:
+        return [self.zygote.kill(r) for r in self.ranks]
+
+    def output(self) -> str:
+        return self.ranks[0].output()

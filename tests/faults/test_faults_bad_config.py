@@ -245,3 +245,14 @@ def test_the_contract_tables_cover_every_numeric_key():
     """A new numeric config key must be given its valid range here, or it escapes the property."""
     numeric = {k for k, t in FIELDS.items() if t in ("int", "float")}
     assert numeric <= set(RANGED), sorted(numeric - set(RANGED))
+
+
+def test_the_extreme_valid_seeds_train_and_sample(tiny_config, tmp_path, fault_log):
+    """The largest seeds the config accepts reach torch.manual_seed and the sampler's
+    generator without overflowing (they used to end in a torch traceback mid-run)."""
+    run = tmp_path / "run"
+    argv = ["--config", tiny_config, "--run-dir", run, "--train.max_steps=1", f"--train.seed={INT64 - 1}",
+            f"--data.seed={INT64 - 1}", "--eval.sample_every=1", "--eval.num_samples=1", "--eval.sample_tokens=2"]
+    code, _, err = call_main(train_main, argv)
+    fault_log.record("bad config override", "largest valid seeds, with sampling", harmless=code == 0)
+    assert code == 0, describe(code, err)

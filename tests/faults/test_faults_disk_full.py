@@ -58,3 +58,46 @@ def test_data_prep_on_a_full_disk_errors_keeps_its_shards_and_resumes(leave_kib,
         assert clean, describe(code, err)
         assert intact
         assert identical, describe(rerun, rerr)
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    from pipeline.atomic import read_jsonl
+    return {r["step"]: r["loss"] for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "train"}
+
+
+# free space left on a 96 MiB tmpfs; one tiny-model checkpoint (weights + AdamW state) is ~19.6 MB,
+# and the run keeps the last 2 (plus the one being written)
+CHECKPOINT_CASES = [(26 * 1024, "delete filler"),  # the step-3 checkpoint fits, the step-6 one does not
+                    (8 * 1024, "remount bigger"),  # full inside the first checkpoint
+                    (4, "delete filler")]  # full from the start: run.json, metrics.jsonl
+
+
+@pytest.mark.parametrize("leave_kib,free_by", CHECKPOINT_CASES)
+def test_training_on_a_full_disk_errors_keeps_its_checkpoints_and_resumes(leave_kib, free_by, tiny_config, tiny_run,
+                                                                          tmp_path, fault_log):
+    from pipeline.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+    from train.__main__ import main
+    with tmpfs(tmp_path / "disk", "96m") as disk:
+        filler = fill(disk, leave_kib * KIB)
+        run = disk / "run"
+        argv = ["--config", tiny_config, "--run-dir", run, "--train.keep_last=2"]
+        code, _, err = call_main(main, argv)
+        lines = error_lines(err)
+        clean = code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err \
+            and "No space left" in lines[0] and str(run) in lines[0]
+        kept = list_checkpoints(run)
+        for ckpt in kept:  # complete checkpoints load, every file's sha256 checked
+            load_checkpoint(ckpt, ("model", "optimizer"))
+        last = latest_checkpoint(run)
+
+        if free_by == "delete filler":
+            filler.unlink()
+        else:
+            resize(disk, "160m")
+        rerun, out, rerr = call_main(main, argv)
+        resumed = last is None or f"resumed from {last}" in out
+        same = rerun == 0 and resumed and train_losses(run) == train_losses(tiny_run)
+        fault_log.record("disk full: checkpoint save", f"{leave_kib} KiB free, {len(kept)} checkpoints kept, "
+                         f"then {free_by}", recovered=clean and same, clean_error=clean)
+        assert clean, describe(code, err)
+        assert same, describe(rerun, rerr) + out[-2000:]

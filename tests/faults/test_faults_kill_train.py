@@ -17,54 +17,19 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import subprocess_env
-from faults._stages import CHECKPOINT_EVERY, STEPS
+from faults._stages import CHECKPOINT_EVERY, STEPS, Job
 from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import COMPLETE, latest_checkpoint, list_checkpoints, load_checkpoint
 
 SEED = 11
 KILLS_PER_WORLD_SIZE = 12
 CHECKPOINT_STEPS = list(range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Job:
-    """`torchrun --nproc_per_node=N -m train ARGV` as N ranks forked from the zygote."""
-
-    def __init__(self, zygote, nproc: int, argv: list, logs: Path, **env: str):
-        self.zygote = zygote
-        port = str(free_port())
-        self.ranks = []
-        for rank in range(nproc):
-            rank_env = subprocess_env(**env)
-            if nproc > 1:
-                rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                                LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            self.ranks.append(zygote.start("train.__main__", argv, rank_env, Path(f"{logs}.rank{rank}.log")))
-
-    def poll(self) -> list[int | None]:
-        return [self.zygote.poll(r) for r in self.ranks]
-
-    def wait(self, timeout: float = 300) -> list[int | None]:
-        return [self.zygote.wait(r, timeout) for r in self.ranks]
-
-    def kill(self) -> list[int]:
-        return [self.zygote.kill(r) for r in self.ranks]
-
-    def output(self) -> str:
-        return self.ranks[0].output()
 
 
 def train_losses(run: Path) -> dict[int, float]:
