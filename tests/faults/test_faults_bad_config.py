@@ -17,7 +17,6 @@ import dataclasses
 import math
 import shutil
 
-
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
