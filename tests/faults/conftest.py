@@ -112,9 +112,9 @@ def tiny_run(tmp_path_factory, tiny_config) -> Path:
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def zygote():
-    """Forks stage runs from one pre-imported interpreter (see _zygote.py)."""
+    """Forks stage runs from one pre-imported interpreter (see _zygote.py); gone after this package."""
     from faults._zygote import Zygote
     with Zygote() as z:
         yield z
