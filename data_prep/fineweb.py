@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from data_prep import DataPrepError
+from data_prep import DataPrepError, OneLineParser
 from data_prep.crash_points import crash_point
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, resolve_hub_files
 from data_prep.output import open_output, output_lock
@@ -50,7 +50,7 @@ def _count(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data_prep.fineweb", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m data_prep.fineweb", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="hub dataset (default %(default)s)")
     p.add_argument("--name", default=DEFAULT_NAME, help="hub config name (default %(default)s)")
     p.add_argument("--split", default=DEFAULT_SPLIT, help="hub split (default %(default)s)")

@@ -11,7 +11,6 @@ file makes the command a no-op.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -19,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from data_prep import DataPrepError
+from data_prep import DataPrepError, OneLineParser
 from pipeline.atomic import fsync_dir, sha256_file
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -81,7 +80,7 @@ def _download(url: str, dst, timeout: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.hellaswag", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m data_prep.hellaswag", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="install directory (default %(default)s)")
     p.add_argument("--from", dest="source", type=Path, default=None,
                    help=f"install this local copy of {FILENAME} instead of downloading")

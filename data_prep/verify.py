@@ -13,12 +13,12 @@ is fine, 1 when anything is not (each problem printed with its file), 2 on a usa
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from data_prep import OneLineParser
 from data_prep.output import TEMP_FILE_RE
 from data_prep.shard_writer import npy_header
 from pipeline.atomic import sha256_file
@@ -127,7 +127,7 @@ def _verify_without_manifest(directory: Path, out) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.verify", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m data_prep.verify", description=__doc__.split("\n\n")[0])
     p.add_argument("directory", type=Path, help="shard directory (holding manifest.json)")
     args = p.parse_args(argv)
     if not args.directory.is_dir():

@@ -23,13 +23,14 @@ from eval.evaluate import (Runtime, Target, checkpoint_target, evaluate_target, 
                            run_config, setup_runtime, teardown)
 from eval.tasks import Tasks, build_tasks
 from eval.watch import WatchOptions, watch
+from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.hellaswag import HellaSwagError
 from pipeline.shards import ShardError
 from pipeline.tokenizer import TokenizerError
 
-USER_ERRORS = (EvalError, CheckpointError, ConfigError, ShardError, HellaSwagError, TokenizerError)
+USER_ERRORS = (EvalError, CheckpointError, ConfigError, ShardError, HellaSwagError, TokenizerError, JsonlError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

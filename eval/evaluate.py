@@ -59,6 +59,8 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
             "mps" if torch.backends.mps.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise EvalError("--device cuda: no CUDA device is available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise EvalError("--device mps: no Apple MPS device is available")
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -31,10 +31,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same error, naming the file (a failed write() reports no file name: 'disk full' where?)."""
+    if err.filename is not None:
+        return err
+    return type(err)(err.errno, err.strerror, str(path)) if err.errno is not None else err
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -58,12 +68,18 @@ def append_line(path: str | Path, line: str) -> None:
     try:
         os.write(fd, data)
         os.fsync(fd)
+    except OSError as err:
+        raise _naming(err, Path(path)) from None
     finally:
         os.close(fd)
 
 
 def _drop_torn_tail(path: str | Path) -> None:
-    """Cut a partial last line left by a killed writer, so the next line starts clean."""
+    """Cut a partial last line left by a killed writer, so the next line starts clean.
+
+    A last line that is complete JSON and lacks only its newline is kept (the newline is
+    added): read_jsonl already counts it as a row, so dropping it here would lose a row
+    that readers had seen -- e.g. a result eval then never recomputes."""
     try:
         with open(path, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
@@ -75,9 +91,19 @@ def _drop_torn_tail(path: str | Path) -> None:
             f.seek(max(0, size - (1 << 20)))
             tail = f.read()
             cut = tail.rfind(b"\n")
+            try:
+                json.loads(tail[cut + 1:])
+                f.write(b"\n")
+                return
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                pass
             f.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
     except FileNotFoundError:
         pass
+
+
+class JsonlError(ValueError):
+    """A JSON-lines file with a damaged line before its last one (names the file and line)."""
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -95,7 +121,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON: {line[:80]!r}") from None
+            raise JsonlError(f"{path}:{i + 1}: not valid JSON: {line[:80]!r} (fix or delete that line)") from None
     return rows
 
 

@@ -41,10 +41,17 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
 
 
 def _save_tensor_file(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except RuntimeError as err:
+        # torch's zip writer reports a failed write (disk full, quota) as a RuntimeError
+        # raised while handling the OSError; callers handle the OSError.
+        if isinstance(err.__context__, OSError):
+            raise err.__context__ from None
+        raise
 
 
 def _test_pause(step: int) -> None:

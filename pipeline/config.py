@@ -184,6 +184,10 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
             return value
     elif typ == "int":
         if isinstance(value, int) and not isinstance(value, bool):
+            # torch and numpy hold ints in 64 bits: a bigger one would fail deep inside them
+            # (torch.manual_seed, tensor sizes) instead of here, naming the key.
+            if not -2**63 <= value < 2**63:
+                raise ConfigError(f"{key} = {value!r}: out of range (must fit in a signed 64-bit integer)")
             return value
     elif typ == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -22,7 +22,8 @@ def val_token_stream(shards: ShardSet, val_tokens: int) -> np.ndarray:
     needed = val_tokens + 1
     parts, have = [], 0
     for info in shards.split("val"):
-        array = open_shard(info)
+        # sha256 checked: a flipped byte would otherwise change every reported val loss silently.
+        array = open_shard(info, verify_hash=True)
         take = min(len(array), needed - have)
         parts.append(np.asarray(array[:take]))
         have += take
