@@ -75,7 +75,7 @@ class InLoopEval:
         new = max(1, min(ev.sample_tokens, block - len(prompt)))
         idx = torch.tensor([prompt] * ev.num_samples, dtype=torch.long, device=self.env.device)
         out = model.generate(idx, max_new_tokens=new, temperature=1.0, top_k=50,
-                             seed=self.cfg.train.seed * 1_000_003 + step)
+                             seed=(self.cfg.train.seed * 1_000_003 + step) % 2**63)  # Generator seeds are int64
         enc = get_tokenizer()
         rows = []
         for seq in out.tolist():
