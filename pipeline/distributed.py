@@ -59,6 +59,21 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
 
 
+def _join_process_group(backend: str, rank: int, world: int, **kwargs) -> None:
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        dist.init_process_group(backend=backend, **kwargs)
+        return
+    # Under `torchrun --max-restarts`, every attempt shares torchrun's key-value store, and
+    # the addresses a failed attempt's ranks published there send the new attempt's ranks
+    # to dead peers ("Connection refused"; pytorch/pytorch#135712). One key prefix per
+    # attempt keeps them apart.
+    from torch.distributed.rendezvous import rendezvous
+    store, rank, world = next(rendezvous("env://", rank, world))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt{attempt}/", store), rank=rank,
+                            world_size=world, **kwargs)
+
+
 def init_distributed(device_name: str = "auto") -> DistEnv:
     """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE and join the process group if N > 1."""
     world = _env_int("WORLD_SIZE", 1)
@@ -76,9 +91,9 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
             raise ConfigError("multi-process training is not supported on mps (use --train.device=cpu)")
         if not dist.is_initialized():
             if device.type == "cuda":
-                dist.init_process_group(backend="nccl", device_id=device)
+                _join_process_group("nccl", rank, world, device_id=device)
             else:
-                dist.init_process_group(backend="gloo")
+                _join_process_group("gloo", rank, world)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
