@@ -23,10 +23,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                  remove_partial_checkpoints, save_checkpoint)
 from pipeline.config import Config, ConfigError
-from pipeline.distributed import DistEnv, all_reduce_sum, any_rank, barrier, gather_to_main
+from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
+                                  gather_to_main)
 from pipeline.model import GPT
 from pipeline.optimizer import build_optimizer
-from pipeline.shards import load_shard_set
+from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, faults
 from train.evaluation import InLoopEval
 from train.loader import TrainLoader
@@ -47,6 +48,17 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def check_shards(shards: list, env: DistEnv) -> None:
+    """Every train shard's sha256 against the manifest before the first step (each rank
+    checks a share): a flipped bit on disk would otherwise be trained on silently.
+    One corrupt shard stops every rank with the same error."""
+    problems = gather_to_main(verify_shards(shards, env.rank, env.world_size), env)
+    found = broadcast_from_main([p for mine in problems for p in mine] if env.is_main else None, env)
+    if found:
+        more = f" (and {len(found) - 1} more corrupt shard(s))" if len(found) > 1 else ""
+        raise ShardError(found[0] + more)
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: str, env: DistEnv, flag: PreemptionFlag,
                  argv: list[str]):
@@ -59,6 +71,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = tc.tf32
         self.grad_accum = grad_accum_steps(tc.total_batch_size, tc.micro_batch_size, tc.seq_len, env.world_size)
         shards = load_shard_set(cfg.data.dir)
+        check_shards(shards.split("train"), env)
         self.loader = TrainLoader(shards.split("train"), shards.fingerprint, tc.seq_len, tc.micro_batch_size,
                                   self.grad_accum, env.rank, env.world_size, cfg.data.seed, cfg.data.shuffle)
         self.evals = InLoopEval(cfg, shards, env, self.dtype)
