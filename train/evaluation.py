@@ -89,9 +89,17 @@ def _load_hellaswag(path: str, limit: int):
         raise ConfigError(f"eval.hellaswag_path = {path!r}: no such file "
                           "(python -m data_prep.hellaswag installs data/hellaswag/hellaswag_val.jsonl)")
     try:
-        from pipeline.hellaswag import load_hellaswag
+        from pipeline.hellaswag import HellaSwagError, load_hellaswag, verify_hellaswag
     except ImportError as err:
         raise ConfigError(f"eval.hellaswag_path is set but pipeline.hellaswag cannot be imported ({err})") from None
+    try:
+        # The whole file against the canonical set's sha256, as `python -m eval` does: a damaged
+        # or truncated copy would otherwise give in-loop numbers that look real.
+        verify_hellaswag(path)
+    except HellaSwagError:
+        raise ConfigError(f"eval.hellaswag_path = {path!r}: not the HellaSwag validation set (its sha256 differs: "
+                          "a damaged, truncated or different file); re-install it with "
+                          "python -m data_prep.hellaswag") from None
     try:
         return load_hellaswag(path, limit=limit)
     except (ValueError, KeyError, OSError, RuntimeError) as err:
