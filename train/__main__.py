@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, resolve
 from pipeline.shards import ShardError
@@ -14,7 +15,7 @@ from pipeline.tokenizer import TokenizerError
 from train import EXIT_USER_ERROR
 from train.run import run
 
-USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError)
+USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError)
 
 
 class UsageError(ValueError):
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(cfg, Path(args.run_dir), args.resume, argv)
     except (*USER_ERRORS, UsageError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except OSError as err:  # the run directory cannot be written: disk full, quota, permissions
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; fix this and re-run the same command to resume",
+              file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
 
 
