@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
+        if not argv:
+            print(f"error: no command given (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from pipeline.atomic import read_jsonl
+from pipeline.cli import OneLineParser
 from pipeline.config import ConfigError, resolve
 from pipeline.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
                                   eval_done, format_seconds, python_module, run_stages,
@@ -123,7 +124,7 @@ Where it stands: python -m pipeline status runs/gpt2-124m"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline demo", description=__doc__,
+    p = OneLineParser(prog="python -m pipeline demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default=".", help="where data/demo/ and runs/demo/ go (default: .)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo config (default: configs/demo.toml)")

@@ -11,11 +11,13 @@ Sampling is reproducible: the same --seed gives the same text on the same device
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from pipeline.cli import OneLineParser
 from pipeline.config import ConfigError, from_dict
 from pipeline.hf import HFError, load_hf_gpt2
 from pipeline.model import GPT
@@ -24,7 +26,17 @@ from pipeline.tokenizer import EOT, TokenizerError, get_tokenizer
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: no CUDA device is available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name!r}: no Apple MPS device is available")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -71,7 +83,7 @@ def generate_texts(model: GPT, prompt: str, num_samples: int = 1, max_new_tokens
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline generate", description=__doc__,
+    p = OneLineParser(prog="python -m pipeline generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint directory, or a run directory (latest checkpoint)")
@@ -92,12 +104,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--num-samples {args.num_samples}: must be >= 1")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature {args.temperature}: must be >= 0")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature {args.temperature}: must be a finite number >= 0")
     if args.top_k < 0:
         raise ValueError(f"--top-k {args.top_k}: must be >= 0 (0 = off)")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p {args.top_p}: must be in (0, 1]")
+    if not -2**63 <= args.seed < 2**63:  # torch.Generator seeds are 64-bit
+        raise ValueError(f"--seed {args.seed}: must fit in a signed 64-bit integer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, resolve
 from pipeline.orchestrate import (Stage, StageFailed, data_done, display, eval_done, python_module,
                                   run_stages, torchrun_module, train_done,
@@ -90,7 +91,7 @@ def plan(cfg: Config, config_path: str, run_dir: Path, overrides: list[str], npr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline run", description=__doc__,
+    p = OneLineParser(prog="python -m pipeline run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="TOML config, e.g. configs/gpt2-124m.toml")
     p.add_argument("--run-dir", help="run directory (default: runs/<config file name>)")
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve(args.config, overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+        if args.nproc_per_node is not None and args.nproc_per_node < 1:
+            raise ConfigError(f"--nproc-per-node {args.nproc_per_node}: must be >= 1")
         nproc = args.nproc_per_node or default_nproc()
         stages = plan(cfg, args.config, run_dir, overrides, nproc, shlex.split(args.data_args), args.hellaswag)
     except (ConfigError, ValueError) as err:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import STATE, list_checkpoints, step_of
+from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, load_toml
 from pipeline.orchestrate import REPORT, RESULTS, evaluated_steps, format_seconds
 from pipeline.shards import ShardError, load_shard_set, read_manifest
@@ -158,7 +159,7 @@ def format_status(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline status", description=__doc__,
+    p = OneLineParser(prog="python -m pipeline status", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="run directory, e.g. runs/gpt2-124m")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
