@@ -282,3 +282,104 @@ def test_eval_report_refuses_bad_arguments(data, eval_run, tmp_path, fault_log):
         argv, names = [eval_run, flag], [flag]
     _assert_refused(fault_log, "bad args: eval.report", main, argv, names, (eval_run / "eval").exists)
     assert not (eval_run / "eval").exists()
+
+
+# -- python -m pipeline (demo, run, status, generate) -----------------------------------
+
+@st.composite
+def pipeline_mistake(draw, run: Path, tiny_config: Path, work: Path, missing: Path):
+    """(argv, names, what must not appear): one mistake per command of the dispatcher."""
+    command = draw(st.sampled_from(["dispatch", "demo", "run", "status", "generate"]))
+    if command == "dispatch":
+        word = draw(st.one_of(st.just(None), identifier_word().filter(lambda w: w not in ("demo", "run", "status",
+                                                                                          "generate"))))
+        return ([] if word is None else [word]), (["command"] if word is None else [word])
+    if command == "demo":  # never a valid command: the demo would run for minutes
+        base = ["demo", "--work-dir", work, "--offline", "--no-samples"]
+        kind = draw(st.sampled_from(["limit", "limit type", "config", "override", "unknown"]))
+        if kind == "limit":
+            return [*base, f"--hellaswag-limit={draw(st.integers(-10**6, -1))}"], ["--hellaswag-limit"]
+        if kind == "limit type":
+            return [*base, "--hellaswag-limit", draw(not_int())], ["--hellaswag-limit"]
+        if kind == "config":
+            return [*base, "--config", missing], [missing]
+        if kind == "override":
+            return [*base, "--train.max_steps=0"], ["train.max_steps"]
+        flag = draw(unknown_flag({"--work-dir", "--config", "--hellaswag", "--hellaswag-limit", "--offline",
+                                  "--no-samples", "--help"}).filter(lambda f: "." not in f))
+        return [*base, flag], [flag]
+    if command == "run":  # never a valid command: a real config would start data_prep
+        base = ["run", "--config", tiny_config, "--run-dir", run / "x"]
+        kind = draw(st.sampled_from(["no config", "config", "nproc", "override", "unknown"]))
+        if kind == "no config":
+            return ["run", "--run-dir", run / "x"], ["--config"]
+        if kind == "config":
+            return ["run", "--config", missing, "--run-dir", run / "x"], [missing]
+        if kind == "nproc":
+            value = draw(st.one_of(st.integers(-100, 0).map(str), not_int()))
+            return [*base, "--nproc-per-node", value], ["--nproc-per-node"]
+        if kind == "override":
+            return [*base, "--optim.max_lr=-1"], ["optim.max_lr"]
+        flag = draw(unknown_flag({"--config", "--run-dir", "--nproc-per-node", "--data-args", "--hellaswag",
+                                  "--dry-run", "--help"}))
+        return [*base, flag], [flag]
+    if command == "status":
+        kind = draw(st.sampled_from(["missing", "none", "unknown"]))
+        if kind == "missing":
+            return ["status", missing], [missing]
+        if kind == "none":
+            return ["status"], ["run_dir"]
+        flag = draw(unknown_flag({"--json", "--help"}))
+        return ["status", run, flag], [flag]
+    base = ["generate", "--checkpoint", run, "--max-new-tokens", "2", "--device", "cpu"]
+    kind = draw(st.sampled_from(["checkpoint", "count", "count type", "temperature", "top-k", "top-p", "seed",
+                                 "device", "both", "unknown"]))
+    if kind == "checkpoint":
+        return ["generate", "--checkpoint", missing], [missing]
+    if kind == "count":
+        flag = draw(st.sampled_from(["--num-samples", "--max-new-tokens"]))
+        return [*base, f"{flag}={draw(st.integers(-10**6, 0))}"], [flag]
+    if kind == "count type":
+        flag = draw(st.sampled_from(["--num-samples", "--max-new-tokens", "--top-k", "--seed"]))
+        return [*base, flag, draw(not_int())], [flag]
+    if kind == "temperature":
+        value = draw(st.one_of(st.floats(max_value=-1e-9, allow_infinity=False).map(repr),
+                               st.sampled_from(["nan", "-inf"]), not_float()))
+        return [*base, f"--temperature={value}"], ["--temperature"]
+    if kind == "top-k":
+        return [*base, f"--top-k={draw(st.integers(-10**6, -1))}"], ["--top-k"]
+    if kind == "top-p":
+        value = draw(st.one_of(st.floats(max_value=0.0).map(repr), st.floats(min_value=1.0, exclude_min=True,
+                                                                             allow_nan=False).map(repr),
+                               st.just("nan"), not_float()))
+        return [*base, f"--top-p={value}"], ["--top-p"]
+    if kind == "seed":
+        value = draw(st.one_of(st.integers(2**64, 10**30), st.integers(-10**30, -2**63 - 1)))
+        return [*base, f"--seed={value}"], ["--seed"]
+    if kind == "device":
+        import torch
+        bad = [d for d in ("mps", "cuda") if not (torch.cuda.is_available() if d == "cuda"
+                                                 else torch.backends.mps.is_available())]
+        value = draw(st.one_of(st.sampled_from(bad), junk.filter(lambda s: s not in ("auto", "cpu", "cuda", "mps")
+                                                                 and not s.startswith(("cuda:", "-")))))
+        return [*base[:-2], "--device", value], ["--device"]
+    if kind == "both":
+        return [*base, "--hf", "gpt2"], ["--hf"]
+    flag = draw(unknown_flag({"--checkpoint", "--hf", "--prompt", "--num-samples", "--max-new-tokens", "--temperature",
+                              "--top-k", "--top-p", "--seed", "--device", "--help"}))
+    return [*base, flag], [flag]
+
+
+def identifier_word():
+    return st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_pipeline_commands_refuse_bad_arguments(data, eval_run, tiny_config, tmp_path, fault_log):
+    from pipeline.__main__ import main
+    work, missing = tmp_path / "work", tmp_path / "missing"
+    argv, names = data.draw(pipeline_mistake(eval_run, tiny_config, work, missing))
+    _assert_refused(fault_log, "bad args: pipeline", main, argv, names,
+                    lambda: work.exists() or (eval_run / "x").exists())
+    assert not work.exists() and not (eval_run / "x").exists()
