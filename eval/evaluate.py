@@ -20,8 +20,9 @@ import torch.distributed as dist
 from eval import EvalError
 from eval.results import append_result, checkpoint_sha256, done_keys, state_dict_sha256
 from eval.tasks import Tasks
-from pipeline.checkpoint import CheckpointError, load_checkpoint, read_marker, step_of
+from pipeline.checkpoint import CheckpointError, load_model, read_marker, step_of
 from pipeline.config import Config, ConfigError, from_dict
+from pipeline.distributed import pick_device
 from pipeline.hellaswag import evaluate_hellaswag
 from pipeline.model import GPT
 from pipeline.val_loss import compute_val_loss
@@ -54,14 +55,7 @@ class Runtime:
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else (
-            "mps" if torch.backends.mps.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EvalError("--device cuda: no CUDA device is available")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise EvalError("--device mps: no Apple MPS device is available")
-    dev = torch.device(device)
+    dev = pick_device(device, key="--device")
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
@@ -97,17 +91,6 @@ def run_config(state: dict, where: Path) -> Config:
         raise CheckpointError(f"{where}: config recorded in train_state.json is not usable ({err})") from None
 
 
-def _strip_prefixes(state_dict: dict) -> dict:
-    """Accept weights saved from a DDP- or torch.compile-wrapped model too."""
-    out = {}
-    for name, tensor in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        out[name] = tensor
-    return out
-
-
 def checkpoint_target(path: Path) -> Target:
     """Read a checkpoint's marker and train_state.json; the weights load later, on demand."""
     if path.name.endswith(".tmp"):
@@ -122,15 +105,7 @@ def checkpoint_target(path: Path) -> Target:
     step = int(state.get("step", step_of(path)))
 
     def load(device: torch.device) -> GPT:
-        loaded, state_ = load_checkpoint(path, names=("model",), map_location="cpu")
-        model = GPT(run_config(state_, path / "train_state.json").model)
-        try:
-            model.load_state_dict(_strip_prefixes(loaded["model"]))
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0:2]
-            raise CheckpointError(f"{path / 'model.pt'}: weights do not fit the model config in "
-                                  f"train_state.json ({' '.join(first)})") from None
-        return model.to(device)
+        return load_model(path)[0].to(device)
 
     return Target(str(path), sha, step, state.get("tokens_seen"), load)
 

@@ -189,3 +189,39 @@ def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
+
+
+def _strip_wrapper_prefixes(state_dict: dict) -> dict:
+    """Accept weights saved from a DDP- or torch.compile-wrapped model too."""
+    out = {}
+    for name, tensor in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = tensor
+    return out
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the GPT stored in a checkpoint dir from its recorded config; returns (model, state).
+
+    The one place that turns a checkpoint into a model (eval, generate, demo use it)."""
+    from pipeline.config import ConfigError, from_dict
+    from pipeline.model import GPT
+
+    path = Path(path)
+    loaded, state = load_checkpoint(path, names=("model",), map_location=map_location)
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path / STATE}: has no config.model; cannot rebuild the model")
+    try:
+        model = GPT(from_dict({"model": config["model"]}).model)
+    except ConfigError as err:
+        raise CheckpointError(f"{path / STATE}: config recorded in train_state.json is not usable ({err})") from None
+    try:
+        model.load_state_dict(_strip_wrapper_prefixes(loaded["model"]))
+    except RuntimeError as err:
+        first = " ".join(str(err).strip().splitlines()[:2])
+        raise CheckpointError(f"{path / 'model.pt'}: weights do not fit the model config in "
+                              f"train_state.json ({first})") from None
+    return model, state

@@ -34,19 +34,25 @@ class DistEnv:
         return self.world_size > 1
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' takes the best accelerator present: cuda, then mps, then cpu."""
+def pick_device(name: str = "auto", key: str = "train.device") -> torch.device:
+    """'auto' takes the best accelerator present: cuda, then mps, then cpu.
+
+    Also accepts 'cuda:N'. Errors name `key` (the config key or CLI flag the name came from)."""
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cuda" and not cuda:
-        raise ConfigError("train.device = 'cuda': no CUDA device is visible (use auto or cpu)")
-    if name == "mps" and not mps:
-        raise ConfigError("train.device = 'mps': this machine has no Apple MPS device (use auto or cpu)")
-    if name not in ("cuda", "mps", "cpu"):
-        raise ConfigError(f"train.device = {name!r}: must be one of auto, cuda, mps, cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "mps", "cpu"):
+        raise ConfigError(f"{key} = {name!r}: must be one of auto, cuda, cuda:N, mps, cpu")
+    if device.type == "cuda" and not cuda:
+        raise ConfigError(f"{key} = {name!r}: no CUDA device is visible (use auto or cpu)")
+    if device.type == "mps" and not mps:
+        raise ConfigError(f"{key} = {name!r}: this machine has no Apple MPS device (use auto or cpu)")
+    return device
 
 
 def _env_int(name: str, default: int) -> int:

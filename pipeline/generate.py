@@ -16,46 +16,20 @@ import sys
 
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from pipeline.checkpoint import CheckpointError, resolve_checkpoint
+from pipeline.checkpoint import load_model as load_checkpoint_model
 from pipeline.cli import OneLineParser
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import ConfigError
+from pipeline.distributed import pick_device
 from pipeline.hf import HFError, load_hf_gpt2
 from pipeline.model import GPT
 from pipeline.tokenizer import EOT, TokenizerError, get_tokenizer
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {name!r}: no CUDA device is available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"--device {name!r}: no Apple MPS device is available")
-        if device.type not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def load_model(checkpoint: str, device: torch.device | str = "cpu") -> tuple[GPT, dict]:
     """The GPT stored in a checkpoint (or a run's latest one) and its train_state."""
     path = resolve_checkpoint(checkpoint)
-    loaded, state = load_checkpoint(path, names=("model",), map_location="cpu")
-    if not isinstance(state.get("config"), dict) or "model" not in state["config"]:
-        raise CheckpointError(f"{path}: train_state.json has no config.model; cannot rebuild the model")
-    model_cfg = from_dict({"model": state["config"]["model"]}).model
-    model = GPT(model_cfg)
-    try:
-        model.load_state_dict(loaded["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path / 'model.pt'}: does not match its config.model ({err})") from None
+    model, state = load_checkpoint_model(path)
     return model.to(device).eval(), {**state, "path": str(path)}
 
 
@@ -118,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_args(args)
-        device = pick_device(args.device)
+        device = pick_device(args.device, key="--device")
         if args.hf:
             model, where = load_hf_gpt2(args.hf).to(device).eval(), f"HF {args.hf}"
         else:
