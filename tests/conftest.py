@@ -59,3 +59,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: tests read real data from ../shared/data")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are all overhead: a second intra-op thread only fights the other tests."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,13 +13,7 @@ from pipeline.config import MODEL_PRESETS, ModelConfig, OptimConfig, model_prese
 from pipeline.model import GPT, sample_next
 from pipeline.optimizer import build_optimizer
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are all overhead: a second intra-op thread only fights the other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=101, pad_vocab_to=64)  # padded to 128
