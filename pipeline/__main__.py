@@ -14,10 +14,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": "pipeline.demo",
-    "run": "pipeline.run",
-    "status": "pipeline.status",
-    "generate": "pipeline.generate",
+    "demo": "pipeline.commands.demo",
+    "run": "pipeline.commands.run",
+    "status": "pipeline.commands.status",
+    "generate": "pipeline.commands.generate",
 }
 
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from pipeline.demo_corpus import (Document, demo_documents, ensure_corpus, main as corpus_main, prose,
+from pipeline.commands.demo_corpus import (Document, demo_documents, ensure_corpus, main as corpus_main, prose,
                                   reference_topics, stdlib_docstrings, write_corpus)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.checkpoint import CheckpointError
-from pipeline.generate import generate_texts, load_model, main as generate_main
+from pipeline.commands.generate import generate_texts, load_model, main as generate_main
 from pipeline.hf import export_hf
 from pipeline.tokenizer import get_tokenizer
 from pipeline_run_fixture import make_run, make_shards

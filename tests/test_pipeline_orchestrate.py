@@ -13,9 +13,9 @@ import time
 import pytest
 
 from conftest import run_module
-from pipeline.orchestrate import (Stage, StageFailed, child_env, data_done, display, eval_done, run_child,
+from pipeline.commands.orchestrate import (Stage, StageFailed, child_env, data_done, display, eval_done, run_child,
                                   run_stages, torchrun_module, train_done, trainer_exit_code)
-from pipeline.run import main as run_main
+from pipeline.commands.run import main as run_main
 from pipeline.shards import MANIFEST
 from pipeline_run_fixture import make_run, make_shards, write_eval_result
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import run_module
-from pipeline.status import format_status, main as status_main, run_status
+from pipeline.commands.status import format_status, main as status_main, run_status
 from pipeline_run_fixture import make_run, make_shards
 
 

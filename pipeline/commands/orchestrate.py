@@ -34,7 +34,7 @@ from pipeline.shards import MANIFEST, ShardError, read_manifest
 
 # The package root (the directory holding pipeline/, train/, ...), put first on the
 # children's PYTHONPATH so they run this very code whether or not it is pip-installed.
-CODE_ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path("eval") / "results.jsonl"
 EXIT = "exit.json"  # the trainer's record of how its latest launch ended
 TARGET_REACHED = "target loss reached"

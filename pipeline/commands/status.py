@@ -22,7 +22,7 @@ from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import STATE, list_checkpoints, step_of
 from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, load_toml
-from pipeline.orchestrate import REPORT, RESULTS, evaluated_steps, format_seconds
+from pipeline.commands.orchestrate import REPORT, RESULTS, evaluated_steps, format_seconds
 from pipeline.shards import ShardError, load_shard_set, read_manifest
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from pipeline.atomic import read_jsonl
 from pipeline.cli import OneLineParser
 from pipeline.config import ConfigError, resolve
-from pipeline.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
+from pipeline.commands.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
                                   eval_done, format_seconds, python_module, run_stages,
                                   train_done, trainer_exit_code)
-from pipeline.run import eval_command
+from pipeline.commands.run import eval_command
 
 DEFAULT_CONFIG = CODE_ROOT / "configs" / "demo.toml"
 # Shard 0 (val) holds the first 32,768 tokens, about a tenth of the ~370K-token corpus.
@@ -72,7 +72,7 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
                 hellaswag_limit: int) -> list[Stage]:
     shards = str(layout.shards)
     cfg = resolve(config, [f"--data.dir={shards}", *overrides])
-    corpus = Stage("corpus", [python_module("pipeline.demo_corpus", "--out", str(layout.corpus))],
+    corpus = Stage("corpus", [python_module("pipeline.commands.demo_corpus", "--out", str(layout.corpus))],
                    done=lambda: f"{layout.corpus}" if layout.corpus.is_file() else None)
     data = Stage("data", [python_module("data_prep.fineweb", "--files", str(layout.corpus), "--text-column", "text",
                                         "--out", shards, "--prefix", "demo", "--shard-size", str(SHARD_SIZE))],
@@ -88,7 +88,7 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
 
 
 def print_samples(layout: Layout, num_tokens: int = 40) -> None:
-    from pipeline.generate import generate_texts, load_model
+    from pipeline.commands.generate import generate_texts, load_model
 
     model, state = load_model(str(layout.run))
     print(f"\nSamples from {state['path']} (top-k 50, temperature 0.8):")

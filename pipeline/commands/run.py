@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, resolve
-from pipeline.orchestrate import (Stage, StageFailed, data_done, display, eval_done, python_module,
+from pipeline.commands.orchestrate import (Stage, StageFailed, data_done, display, eval_done, python_module,
                                   run_stages, torchrun_module, train_done,
                                   trainer_exit_code)
 from pipeline.shards import ShardError, load_shard_set

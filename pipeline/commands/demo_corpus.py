@@ -173,7 +173,7 @@ def ensure_corpus(path: str | Path) -> tuple[CorpusStats, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.demo_corpus",
+    p = argparse.ArgumentParser(prog="python -m pipeline.commands.demo_corpus",
                                 description="Write the demo corpus (Python's own documentation) as jsonl.")
     p.add_argument("--out", required=True, help="output .jsonl file (kept if it already exists)")
     args = p.parse_args(argv)
