@@ -32,6 +32,7 @@ from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, faults
 from train.evaluation import InLoopEval
 from train.loader import TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
+from train.precision import set_tf32
 from train.resume import (capture_rng, check_model_shape, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
@@ -67,8 +68,7 @@ class Trainer:
         self.device = env.device
         self.dtype = autocast_dtype(tc.dtype, self.device)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-            torch.backends.cudnn.allow_tf32 = tc.tf32
+            set_tf32(tc.tf32)
         self.grad_accum = grad_accum_steps(tc.total_batch_size, tc.micro_batch_size, tc.seq_len, env.world_size)
         shards = load_shard_set(cfg.data.dir)
         check_shards(shards.split("train"), env)
