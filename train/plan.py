@@ -11,11 +11,13 @@ L layers, padded vocabulary V, compute dtype of d bytes: 2 under bf16 autocast, 
   another 4P (gradient_as_bucket_view is off); under autocast, the bf16 weight copies that
   each matmul saves for its backward, 2P.
 - activations saved for the backward, per layer and token: the fp32 residual stream at
-  the two LayerNorm inputs (2 x 4h) and, in the compute dtype, the inputs of c_attn (h),
-  q/k/v (3h), the attention output (h, flash attention keeps no T x T matrix) and its
-  contiguous copy for c_proj (h), the input of c_fc (h), GELU's input (4h) and the MLP
-  projection's input (4h): 8h + 15h*d. Plus the embedding sum and ln_f's input and output.
-  With activation checkpointing, only each block's input (4h) plus one block recomputed.
+  the two LayerNorm inputs (2 x 4h) and, in the compute dtype, the inputs of c_attn (h)
+  and c_fc (h), q/k/v (3h), the attention output (h: flash attention keeps no T x T
+  matrix, and its output is already laid out so that c_proj's input is the same memory),
+  GELU's input (4h) and the MLP projection's input (4h): 8h + 14h*d. Plus ln_f's input
+  (4h) and lm_head's input (h*d). With activation checkpointing, only each block's input
+  (4h) plus one block being recomputed. (tests/test_train_plan.py checks this against the
+  tensors autograd really saves.)
 - logits (b*T*V): eager mode holds them in the compute dtype (the returned tensor), their
   fp32 copy's log-softmax (4) and, at the start of the backward, the fp32 gradient and the
   log-softmax gradient (4 + 4) at once: d + 12 bytes each. torch.compile fuses the cast,
@@ -60,7 +62,7 @@ def memory(cfg: Config, micro_batch: int, world_size: int, device: str = "cuda")
     m, tc = cfg.model, cfg.train
     p, d = param_count(cfg), compute_bytes(cfg, device)
     h, tokens = m.n_embd, micro_batch * tc.seq_len
-    per_layer = 8 * h + 15 * h * d
+    per_layer = 8 * h + 14 * h * d
     if m.activation_checkpointing:
         layers = m.n_layer * 4 * h + per_layer  # block inputs + one block being recomputed
     else:
@@ -71,7 +73,7 @@ def memory(cfg: Config, micro_batch: int, world_size: int, device: str = "cuda")
         "adamw": 8 * p,
         "ddp_buckets": 4 * p if world_size > 1 else 0,
         "weight_copies": 2 * p if d == 2 else 0,
-        "activations": tokens * (layers + 4 * h + 4 * h + h * d),  # + embeddings sum, ln_f in/out
+        "activations": tokens * (layers + 4 * h + h * d),  # + ln_f's input, lm_head's input
         "logits": tokens * m.padded_vocab_size * (d + (4 if tc.compile else 12)),
         "reserve": RESERVE,
     }
