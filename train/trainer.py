@@ -25,10 +25,11 @@ from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkp
 from pipeline.config import Config, ConfigError
 from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
                                   gather_to_main)
+from pipeline.failpoints import fail_point
 from pipeline.model import GPT
 from pipeline.optimizer import build_optimizer
 from pipeline.shards import ShardError, load_shard_set, verify_shards
-from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, faults
+from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
 from train.loader import TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
@@ -170,7 +171,7 @@ class Trainer:
                 with autocast:
                     _, loss = model(rows[:, :-1], rows[:, 1:])
                 loss = loss / self.grad_accum  # the step's loss is the mean over micro-batches
-                if micro == 0 and faults.nan_loss(self.step + 1, env.rank):
+                if micro == 0 and fail_point("train.nan_loss", step=self.step + 1):
                     loss = loss * float("nan")
                 loss_sum += loss.detach()
                 loss.backward()
@@ -244,7 +245,7 @@ class Trainer:
                 self.log.row(row)
         if self.step % tc.checkpoint_every == 0 or done or stop:
             self._save()
-        faults.after_step(self.step)
+        fail_point("train.after_step", step=self.step)
         self.t_last += time.perf_counter() - extra_start
         if stop and not done:
             self.log.print(f"stopped by {self.flag.signal_name or 'a signal on another rank'} after step "
