@@ -166,12 +166,15 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
             raise EvalError(f"val seq_len {val.seq_len} exceeds the model's block_size "
                             f"{model.config.block_size} (pass --seq-len)")
         t0 = time.time()
-        loss, n = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
-                                   rt.autocast_dtype, rt.rank, rt.world_size)
-        rows.append(dict(base, metric="val_loss", value=loss, n=n, data=str(val.directory),
-                         data_sha256=val.sha256))
-        rt.log(f"{label}: val loss {loss:.4f} ({n:,} tokens, {n / (time.time() - t0):,.0f} tokens/s)")
-        _write(rt, out_dir, rows[-1:])
+        val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
+                                      rt.autocast_dtype, rt.rank, rt.world_size)
+        for metric in todo["val"]:
+            value = val_result.loss if metric == "val_loss" else val_result.bpb
+            rows.append(dict(base, metric=metric, value=value, n=val_result.tokens, data=str(val.directory),
+                             data_sha256=val.sha256))
+        rt.log(f"{label}: val loss {val_result.loss:.4f}, {val_result.bpb:.4f} bits/byte ({val_result.tokens:,} "
+               f"tokens, {val_result.tokens / (time.time() - t0):,.0f} tokens/s)")
+        _write(rt, out_dir, rows[-len(todo["val"]):])
     return rows
 
 

@@ -39,7 +39,7 @@ class ValTask:
     sha256: str
     seq_len: int
     batch_size: int
-    metrics = ("val_loss",)
+    metrics = ("val_loss", "val_bpb")
 
 
 @dataclass(frozen=True)
