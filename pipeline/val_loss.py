@@ -12,7 +12,6 @@ import contextlib
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pipeline.shards import ShardError, ShardSet, open_shard
 
@@ -52,10 +51,10 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
         buf = np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in rows]).astype(np.int64)
         batch = torch.from_numpy(buf).to(device)
         with autocast:
-            logits, _ = model(batch[:, :-1])
-        losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
-                                 reduction="sum")
-        total[0] += losses.double()
+            # The model's chunked loss: the (rows x seq_len x vocab) logits never exist.
+            # Every target is a real token, so mean x count is the sum.
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+        total[0] += loss.double() * batch[:, 1:].numel()
         total[1] += batch[:, 1:].numel()
     model.train(was_training)
     if world_size > 1:

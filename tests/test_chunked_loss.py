@@ -77,3 +77,43 @@ def test_under_torch_compile():
     got = grads(compiled, hidden, weight, targets, 101)
     for a, b in zip(got, ref):
         assert (a - b).abs().max() <= 1e-5
+
+
+def test_gpt_forward_loss_and_grads_equal_the_full_logits_loss():
+    """GPT.forward(idx, targets) through the chunked loss vs F.cross_entropy over the model's
+    own full logits (pad columns masked), SFT-style -1 targets included."""
+    from pipeline.config import ModelConfig
+    from pipeline.model import GPT
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=101)
+    a, b = GPT(cfg), GPT(cfg)
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 101, (3, 24))
+    targets = torch.randint(0, 101, (3, 24))
+    targets[1, :10] = -1
+    logits, none = a(idx)
+    assert none is None
+    ref = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+    ref.backward()
+    none, loss = b(idx, targets)
+    assert none is None
+    loss.backward()
+    assert (loss - ref).abs() <= 1e-6
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-5, name
+
+
+def test_val_loss_equals_the_full_logits_sum():
+    import numpy as np
+    from pipeline.config import ModelConfig
+    from pipeline.model import GPT
+    from pipeline.val_loss import compute_val_loss
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=50))
+    tokens = np.random.default_rng(0).integers(0, 50, 16 * 5 + 1)
+    got, n = compute_val_loss(model, tokens, 16, 2, torch.device("cpu"))
+    seqs = torch.from_numpy(np.stack([tokens[i * 16: i * 16 + 17] for i in range(5)]))
+    with torch.no_grad():
+        logits, _ = model(seqs[:, :-1])
+    ref = F.cross_entropy(logits.reshape(-1, logits.size(-1)), seqs[:, 1:].reshape(-1))
+    assert n == 80 and abs(got - ref.item()) <= 1e-6
