@@ -55,7 +55,7 @@ IDX = torch.randint(0, 50257, (2, 48), generator=torch.Generator().manual_seed(1
 
 def test_import_matches_transformers(hf_dir):
     theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_dir)
-    ours = GPT.from_pretrained(str(hf_dir))
+    ours = load_hf_gpt2(str(hf_dir))
     assert ours.config == ModelConfig(**SMALL, block_size=BLOCK)
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert (ours_logits(ours, IDX) - hf_logits(theirs, IDX)).abs().max() <= 1e-5
