@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 from pipeline.atomic import atomic_write_json, fsync_dir, sha256_file
+from pipeline.config import ConfigError, from_dict
 from pipeline.failpoints import fail_point
+from pipeline.model import GPT
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -196,9 +198,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the GPT stored in a checkpoint dir from its recorded config; returns (model, state).
 
     The one place that turns a checkpoint into a model (eval, generate, demo use it)."""
-    from pipeline.config import ConfigError, from_dict
-    from pipeline.model import GPT
-
     path = Path(path)
     loaded, state = load_checkpoint(path, names=("model",), map_location=map_location)
     config = state.get("config")

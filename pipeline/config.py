@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -156,7 +158,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        return to_toml(self.to_dict())
+        return tomli_w.dumps(self.to_dict())
 
     def model_hash(self) -> str:
         """Fingerprint of everything that fixes the parameter shapes (checked on resume).
@@ -293,30 +295,6 @@ def resolve(config_path: str | Path | None, overrides: list[str]) -> Config:
     """The one way stages build a config: defaults <- TOML file <- overrides, then validate."""
     cfg = load_toml(config_path) if config_path else Config()
     return apply_overrides(cfg, overrides).validate()
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        # JSON's escapes are valid TOML basic strings, except its \ud83d\ude00 surrogate pairs
-        # (hence ensure_ascii=False: the text is UTF-8) and a raw DEL, which TOML forbids.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
-def to_toml(data: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 # Model presets: the four published GPT-2 sizes (vocab 50257, block 1024).

@@ -89,13 +89,6 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.apply(self._init_weights)
 
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str) -> "GPT":
-        """GPT-2 weights in Hugging Face format (a directory, or a hub name already in the
-        local HF cache); see pipeline/hf.py. Imported lazily: the model file does no I/O."""
-        from pipeline.hf import load_hf_gpt2
-        return load_hf_gpt2(name_or_dir)
-
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             std = 0.02
