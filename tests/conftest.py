@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import generated_data
+from download_real_data import DEFAULT_OUT as DOWNLOADED
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA_ENV = "GPT2_PIPELINE_TEST_DATA"
@@ -52,7 +53,7 @@ def real_data_dir() -> Path:
     if os.environ.get(REAL_DATA_ENV):
         return Path(os.environ[REAL_DATA_ENV])
     shared = REPO.parent / "shared" / "data"
-    return shared if shared.is_dir() else REPO / ".test-data" / "real"
+    return shared if shared.is_dir() else DOWNLOADED
 
 
 def real_data_problem() -> str | None:
@@ -78,15 +79,31 @@ def pytest_configure(config):
                    "slow: over ~20 s, or a sweep of injected faults; left out of `make test-quick`",
                    "system: changes the host (apt-get, mounts); see require_system"):
         config.addinivalue_line("markers", marker)
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        # Under xdist the controller collects nothing, so it never loads tests/faults/conftest.py;
+        # register it here so the workers' fault ledgers are merged and printed once.
+        import faults.conftest
+        config.pluginmanager.register(faults.conftest, "fault-ledger")
     problem = real_data_problem()
     if _is_ci() and problem and not hasattr(config, "workerinput"):
         raise pytest.UsageError(f"CI=true but the real test data is not there: {problem}")
+
+
+# Whole files that are slow by nature: the Slurm cluster, the fault sweeps (each injects a
+# fault kind dozens of times). Single slow tests carry @pytest.mark.slow themselves.
+SLOW_PATHS = ("tests/test_slurm.py", "tests/faults/")
+SYSTEM_PATHS = ("tests/test_slurm.py", "tests/faults/test_faults_disk_full.py")
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if {"real_data", "shared_data"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("real_data")
+        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        if path.startswith(SLOW_PATHS):
+            item.add_marker("slow")
+        if path.startswith(SYSTEM_PATHS):
+            item.add_marker("system")
 
 
 @pytest.fixture(scope="session")
