@@ -18,13 +18,13 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.atomic import atomic_write_json, fsync_dir, sha256_file
+from pipeline.failpoints import fail_point
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -54,16 +54,6 @@ def _save_tensor_file(obj: Any, path: Path) -> None:
         raise
 
 
-def _test_pause(step: int) -> None:
-    """Test hook: GPT2_PIPELINE_TEST_SAVE_SLEEP=STEP:SECONDS stalls the save of STEP halfway,
-    so a test can SIGKILL the process in the middle of a real checkpoint write."""
-    hook = os.environ.get("GPT2_PIPELINE_TEST_SAVE_SLEEP")
-    if hook:
-        at, _, seconds = hook.partition(":")
-        if int(at) == step:
-            time.sleep(float(seconds))
-
-
 def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, Any], state: dict) -> Path:
     """Write tensors ({'model': sd, 'optimizer': sd}) and the JSON state as step_{step}/."""
     final = checkpoint_dir(run_dir, step)
@@ -75,7 +65,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, Any], sta
     for name, obj in tensors.items():
         _save_tensor_file(obj, tmp / f"{name}.pt")
         hashes[f"{name}.pt"] = sha256_file(tmp / f"{name}.pt")
-        _test_pause(step)
+        fail_point("checkpoint.file_written", step=step)
     atomic_write_json(tmp / STATE, state)
     hashes[STATE] = sha256_file(tmp / STATE)
     atomic_write_json(tmp / COMPLETE, {"step": step, "sha256": hashes})

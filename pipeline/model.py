@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from pipeline.chunked_loss import linear_cross_entropy
 from pipeline.config import ModelConfig
 
 # A per-layer (key, value) cache, each of shape (B, n_head, T_so_far, head_dim).
@@ -165,10 +166,17 @@ class GPT(nn.Module):
         same = segment_ids[:, past:, None] == segment_ids[:, None, :]
         return (seen & same)[:, None]
 
+    def loss_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the output layer over hidden states (targets -1 ignored),
+        computed in chunks so the full logits never exist (pipeline/chunked_loss.py)."""
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.vocab_size)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_pos: int = 0, *,
                 position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None):
-        """Return (logits over the padded vocab, mean cross-entropy or None).
+        """Return (logits over the padded vocab, None) without targets, (None, mean
+        cross-entropy) with them: the loss is computed in token chunks from the hidden
+        states (pipeline/chunked_loss.py) and the full logits never exist.
 
         Logits of the padding ids (>= vocab_size) are the dtype's minimum, so a softmax
         over the padded vocab equals one over the real vocab. targets equal to -1 are ignored.
@@ -178,6 +186,8 @@ class GPT(nn.Module):
         of its own segment (several documents in one row).
         """
         x = self.hidden_states(idx, cache, start_pos, position_ids=position_ids, segment_ids=segment_ids)
+        if targets is not None:
+            return None, self.loss_from_hidden(x, targets)
         logits = self.lm_head(x)
         if self.config.padded_vocab_size > self.config.vocab_size:
             # The padding columns are not tokens. Without this they would take probability
@@ -187,11 +197,7 @@ class GPT(nn.Module):
             # (the matmul does not save its output); finfo.min rather than -inf keeps
             # downstream arithmetic such as p * log p free of nan.
             logits[..., self.config.vocab_size:] = torch.finfo(logits.dtype).min
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1)
-        return logits, loss
+        return logits, None
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -19,7 +19,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pipeline.shards import ShardError, ShardSet, open_shard
 from pipeline.tokenizer import token_byte_lengths
@@ -68,14 +67,18 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
         buf = np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in rows]).astype(np.int64)
         batch = torch.from_numpy(buf).to(device)
         with autocast:
-            logits, _ = model(batch[:, :-1])
-        targets = batch[:, 1:].reshape(-1)
-        losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets,
-                                 reduction="none").double()
-        target_bytes = nbytes[targets]
-        total[0] += losses.sum()
+            # The model's chunked loss from one pass of hidden states: the (rows x seq_len x
+            # vocab) logits never exist. Once over every target, once over those with text
+            # (end-of-text has no bytes, so bits-per-byte leaves its nats out too).
+            hidden = model.hidden_states(batch[:, :-1])
+            targets = batch[:, 1:]
+            target_bytes = nbytes[targets]
+            with_text = target_bytes > 0
+            loss_all = model.loss_from_hidden(hidden, targets)
+            loss_text = model.loss_from_hidden(hidden, targets.masked_fill(~with_text, -1))
+        total[0] += loss_all.double() * targets.numel()
         total[1] += targets.numel()
-        total[2] += (losses * (target_bytes > 0)).sum()
+        total[2] += loss_text.double() * with_text.sum()
         total[3] += target_bytes.sum()
     model.train(was_training)
     if world_size > 1:

@@ -222,7 +222,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     log, watch_log = work / "train-preempted.out", work / "watch.out"
     name = f"preempt-{uuid.uuid4().hex[:8]}"
     # Slow steps down so the signal lands mid-run; they are just as deterministic.
-    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS), GPT2_PIPELINE_TEST_STEP_SLEEP="0.3")
+    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS), GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.3)")
     # One CPU each (the 2 workers share it) so that the watcher fits beside training.
     waiter = subprocess.Popen(
         ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", "--cpus-per-task=1",
