@@ -128,13 +128,19 @@ class EvalConfig:
     val_tokens: int = 10_485_760  # fixed budget: 20 x 524,288, the same tokens at any world size
     hellaswag_path: str = ""  # HellaSwag val jsonl; empty = skip HellaSwag in the loop
     hellaswag_limit: int = 0  # examples per in-loop HellaSwag (0 = all 10,042)
+    # What `python -m eval` (and --watch) evaluates when --tasks is not given: "auto" (what
+    # has data) or a comma-separated list of hellaswag, val, core.
+    tasks: str = "auto"
+    eval_bundle: str = ""  # CORE eval bundle directory (core.yaml, eval_meta_data.csv, eval_data/)
+    core_max_per_task: int = 0  # rows per CORE task (0 = all)
     sample_every: int = 250  # steps between generated samples (0 = off)
     sample_tokens: int = 32
     num_samples: int = 4
     sample_prompt: str = "Hello, I'm a language model,"
 
     def validate(self) -> None:
-        for name in ("eval_every", "hellaswag_limit", "sample_every", "sample_tokens", "num_samples"):
+        for name in ("eval_every", "hellaswag_limit", "sample_every", "sample_tokens", "num_samples",
+                     "core_max_per_task"):
             _require(getattr(self, name) >= 0, f"eval.{name}", getattr(self, name), "must be >= 0")
         _require(self.val_tokens > 0, "eval.val_tokens", self.val_tokens, "must be > 0")
 
