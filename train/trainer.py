@@ -32,7 +32,7 @@ from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, faults
 from train.evaluation import InLoopEval
 from train.loader import TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
-from train.resume import (capture_rng, check_model_shape, check_state, config_changes,
+from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
 from train.schedule import grad_accum_steps, lr_at
@@ -102,6 +102,7 @@ class Trainer:
         loaded, state = load_checkpoint(ckpt, ("model", "optimizer"), map_location="cpu")
         check_state(state, ckpt)
         check_model_shape(state, self.cfg, ckpt)
+        check_optimizer_name(state, self.cfg, ckpt)
         # The checkpoint brings the optimizer's state (moments, step counts); this run's config
         # keeps authority over its hyperparameters and kernel choice (weight decay, betas, fused).
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
@@ -155,7 +156,7 @@ class Trainer:
         """Returns (mean loss over all ranks, grad norm, skipped as non-finite, stop requested)."""
         env, model = self.env, self.train_model
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon + AdamW: one schedule, own peaks
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
