@@ -248,6 +248,10 @@ def score_batched(model: torch.nn.Module, examples: list[Example], device: torch
     autocast_dtype applies to the transformer body; the head and the loss are in fp32.
     """
     model = _unwrap(model)
+    if model.config.gpt2_incompatible():
+        # _packed_hidden mirrors GPT-2's blocks only; a model with the modern options is
+        # scored through its own forward, one example at a time (same numbers, slower).
+        return score_reference(model, examples, device)
     vocab = model.config.vocab_size
     for ex in examples:
         _check_length(model, ex)

@@ -135,12 +135,15 @@ class Trainer:
         m = cfg.model
         say(f"model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} embd, {self.model.num_params():,} params; "
             f"{self.flops_per_token / 1e6:.1f} MFLOP/token")
+        if m.gpt2_incompatible():
+            say(f"model options: {', '.join(m.gpt2_incompatible())}")
         say(f"data: {cfg.data.dir}: {len(self.loader.arrays)} train shards, {self.loader.total_tokens:,} tokens "
             f"= {self.loader.sequences_per_epoch:,} sequences/epoch; shuffle {cfg.data.shuffle}")
         say(f"batch: {tc.total_batch_size:,} tokens/step = {tc.micro_batch_size} micro x {tc.seq_len} seq x "
             f"{env.world_size} ranks x {self.grad_accum} accum")
         say(f"device: {self.device} x {env.world_size}, autocast {self.dtype or 'off (fp32)'}, tf32 "
-            f"{tc.tf32 and self.device.type == 'cuda'}, fused AdamW {self.fused}, compile {tc.compile}, "
+            f"{tc.tf32 and self.device.type == 'cuda'}, optimizer {cfg.optim.name}, fused AdamW {self.fused}, "
+            f"compile {tc.compile}, "
             f"activation checkpointing {m.activation_checkpointing}, MFU peak "
             f"{'%.0f TFLOP/s' % (self.peak / 1e12) if self.peak else 'unknown (set train.peak_tflops)'}")
         if ckpt is None:
