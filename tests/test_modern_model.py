@@ -211,3 +211,21 @@ def test_bad_optim_values_name_the_key(bad):
     key = next(iter(bad))
     with pytest.raises(ConfigError, match=f"optim.{key}"):
         from_dict({"optim": bad}).validate()
+
+
+def test_packed_rows_with_position_and_segment_ids_equal_separate_rows(one_thread):
+    """Rotary reads position_ids: two documents packed in one row (positions restarting at
+    0, segments keeping them apart) score exactly as each document alone."""
+    m = model(arch="modern", seed=4)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    a, b = tokens(b=1, t=7, seed=2), tokens(b=1, t=5, seed=3)
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    segments = torch.tensor([[1] * 7 + [2] * 5])
+    logits, _ = m(packed, position_ids=positions, segment_ids=segments)
+    torch.testing.assert_close(logits[:, :7], m(a)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[:, 7:], m(b)[0], rtol=1e-5, atol=1e-5)
+    hidden = m.hidden_states(packed, position_ids=positions, segment_ids=segments)
+    assert torch.equal(m.output_logits(hidden), logits)  # the soft-cap is in output_logits
