@@ -34,7 +34,7 @@ from train.evaluation import InLoopEval
 from train.loader import TrainLoader
 from train.prefetch import Prefetcher
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
-from train.resume import (capture_rng, check_model_shape, check_state, config_changes,
+from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
 from train.schedule import grad_accum_steps, lr_at
@@ -105,6 +105,7 @@ class Trainer:
         loaded, state = load_checkpoint(ckpt, ("model", "optimizer"), map_location="cpu")
         check_state(state, ckpt)
         check_model_shape(state, self.cfg, ckpt)
+        check_optimizer_name(state, self.cfg, ckpt)
         # The checkpoint brings the optimizer's state (moments, step counts); this run's config
         # keeps authority over its hyperparameters and kernel choice (weight decay, betas, fused).
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
@@ -137,12 +138,15 @@ class Trainer:
         m = cfg.model
         say(f"model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} embd, {self.model.num_params():,} params; "
             f"{self.flops_per_token / 1e6:.1f} MFLOP/token")
+        if m.gpt2_incompatible():
+            say(f"model options: {', '.join(m.gpt2_incompatible())}")
         say(f"data: {cfg.data.dir}: {len(self.loader.arrays)} train shards, {self.loader.total_tokens:,} tokens "
             f"= {self.loader.sequences_per_epoch:,} sequences/epoch; shuffle {cfg.data.shuffle}")
         say(f"batch: {tc.total_batch_size:,} tokens/step = {tc.micro_batch_size} micro x {tc.seq_len} seq x "
             f"{env.world_size} ranks x {self.grad_accum} accum")
         say(f"device: {self.device} x {env.world_size}, autocast {self.dtype or 'off (fp32)'}, tf32 "
-            f"{tc.tf32 and self.device.type == 'cuda'}, fused AdamW {self.fused}, compile {tc.compile}, "
+            f"{tc.tf32 and self.device.type == 'cuda'}, optimizer {cfg.optim.name}, fused AdamW {self.fused}, "
+            f"compile {tc.compile}, "
             f"activation checkpointing {m.activation_checkpointing}, MFU peak "
             f"{'%.0f TFLOP/s' % (self.peak / 1e12) if self.peak else 'unknown (set train.peak_tflops)'}")
         if ckpt is None:
@@ -158,7 +162,7 @@ class Trainer:
         """Returns (mean loss over all ranks, grad norm, skipped as non-finite, stop requested)."""
         env, model = self.env, self.train_model
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon + AdamW: one schedule, own peaks
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         loss_sum = torch.zeros((), device=self.device)
