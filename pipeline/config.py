@@ -169,6 +169,13 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     target_loss: float = 0.0  # stop once train loss <= target (0 = off)
     peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+    # How long a rank waits in a collective before the process group gives up. NCCL's own
+    # default (10 min) is shorter than the slowest checkpoint write of the largest preset:
+    # GPT-2 XL saves 6.2 GB of weights + 12.5 GB of AdamW moments = 18.7 GB, which rank 0
+    # writes, fsyncs and re-reads for its sha256 while every other rank waits in the next
+    # collective. On a contended shared filesystem at 25 MB/s that is ~750 s writing plus the
+    # hash; 1800 s keeps a 2x margin. A genuinely hung rank is then noticed within 30 min.
+    dist_timeout_s: float = 1800.0
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
@@ -178,6 +185,7 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
         _require(self.target_loss >= 0, "train.target_loss", self.target_loss, "must be >= 0")
         _require(self.peak_tflops >= 0, "train.peak_tflops", self.peak_tflops, "must be >= 0")
+        _require(self.dist_timeout_s > 0, "train.dist_timeout_s", self.dist_timeout_s, "must be > 0 (seconds)")
         _require(self.device in ("auto", "cuda", "mps", "cpu"), "train.device", self.device,
                  "must be one of auto, cuda, mps, cpu")
         _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,

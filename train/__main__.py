@@ -33,19 +33,44 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Any config key can be overridden as --section.key=value, e.g. --data.dir=DIR "
                             "--train.micro_batch_size=16 --optim.max_lr=1e-3. Exit codes: 0 finished, "
                             "2 user error, 3 preempted after a checkpoint (requeue), 4 non-finite loss.")
-    parser.add_argument("--config", help="TOML config (default: built-in GPT-2 124M defaults)")
-    parser.add_argument("--run-dir", required=True, help="run directory (config, metrics, checkpoints)")
+    parser.add_argument("--config", action="append",
+                        help="TOML config (default: built-in GPT-2 124M defaults); with --plan, may be repeated")
+    parser.add_argument("--run-dir", help="run directory (config, metrics, checkpoints); required unless --plan")
     parser.add_argument("--resume", default="auto",
                         help="auto (default): latest complete checkpoint of --run-dir, if any; none: fresh "
                              "start; or a checkpoint / run directory to start from")
+    parser.add_argument("--plan", action="store_true",
+                        help="print parameters, batch arithmetic, steps, tokens and the estimated memory per GPU "
+                             "(with the micro batch that fits 40/80 GB cards), then exit without training")
+    parser.add_argument("--plan-world-size", type=int, default=None, metavar="N",
+                        help="with --plan: the number of ranks to plan for (default: $WORLD_SIZE or 1)")
     return parser
+
+
+def print_plan(configs: list[str | None], overrides: list[str], world_size: int | None) -> int:
+    from pipeline.distributed import _env_int
+    from train.plan import format_plans, make_plan
+    world = world_size if world_size is not None else _env_int("WORLD_SIZE", 1)
+    plans = [make_plan(resolve(path, overrides), world, Path(path).stem if path else "defaults")
+             for path in configs]
+    print(format_plans(plans), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, overrides = build_parser().parse_known_args(argv)
-        cfg = resolve(args.config, overrides)
+        configs = args.config or [None]
+        if args.plan:
+            return print_plan(configs, overrides, args.plan_world_size)
+        if args.plan_world_size is not None:
+            raise UsageError("--plan-world-size is only meaningful with --plan")
+        if args.run_dir is None:
+            raise UsageError("the following arguments are required: --run-dir")
+        if len(configs) > 1:
+            raise UsageError(f"--config given {len(configs)} times; training takes one (several only with --plan)")
+        cfg = resolve(configs[0], overrides)
         return run(cfg, Path(args.run_dir), args.resume, argv)
     except (*USER_ERRORS, UsageError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                 remove_partial_checkpoints, save_checkpoint)
+                                 remove_partial_checkpoints, save_checkpoint, strip_wrapper_prefixes)
 from pipeline.config import Config, ConfigError
 from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
                                   gather_to_main)
@@ -34,6 +34,7 @@ from train.evaluation import InLoopEval
 from train.loader import TrainLoader
 from train.prefetch import Prefetcher
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
+from train.precision import set_tf32
 from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
@@ -69,8 +70,7 @@ class Trainer:
         self.device = env.device
         self.dtype = autocast_dtype(tc.dtype, self.device)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-            torch.backends.cudnn.allow_tf32 = tc.tf32
+            set_tf32(tc.tf32)
         self.grad_accum = grad_accum_steps(tc.total_batch_size, tc.micro_batch_size, tc.seq_len, env.world_size)
         shards = load_shard_set(cfg.data.dir)
         check_shards(shards.split("train"), env)
@@ -110,7 +110,7 @@ class Trainer:
         # keeps authority over its hyperparameters and kernel choice (weight decay, betas, fused).
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
-            self.model.load_state_dict(loaded["model"])
+            self.model.load_state_dict(strip_wrapper_prefixes(loaded["model"]))
             self.optimizer.load_state_dict(loaded["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{ckpt}: weights or optimizer state do not fit this model ({err})") from None
@@ -285,10 +285,14 @@ class Trainer:
                      "grad_accum": self.grad_accum, "config": self.cfg.to_dict(),
                      "model_hash": self.cfg.model_hash(), "time": time.time()}
             try:
+                began = time.perf_counter()
                 path = save_checkpoint(self.run_dir, self.step, {"model": self.model.state_dict(),
                                                                  "optimizer": self.optimizer.state_dict()}, state)
+                took = time.perf_counter() - began
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_last, self.cfg.train.keep_every)
-                self.log.print(f"saved {path}")
+                size = sum(f.stat().st_size for f in path.iterdir())
+                # (size and time: what train.dist_timeout_s must outlast on this filesystem)
+                self.log.print(f"saved {path} ({size / 1e9:.2f} GB in {took:.1f} s)")
             except OSError as err:
                 error = f"cannot write the checkpoint of step {self.step} in {self.run_dir}: {err}"
         if any_rank(error is not None, self.env):
