@@ -173,12 +173,6 @@ def test_defect7_too_few_cpus_is_a_warning_naming_cpus_per_gpu(slurm, tmp_path):
     assert re.search(r"warning: .*2 CPU.*8 worker.*--cpus-per-gpu", slurm.output()), slurm.output()
 
 
-def test_defect7_train_sbatch_asks_for_cpus_per_gpu_by_default():
-    directives = [line for line in (REPO / "slurm" / "train.sbatch").read_text().splitlines()
-                  if line.startswith("#SBATCH")]
-    assert any(re.match(r"#SBATCH --cpus-per-gpu=\d+", line) for line in directives), directives
-
-
 # -- worth fixing: rendezvous port, signalling the training step only --------------------------
 
 def test_rendezvous_port_is_free_on_the_head_node_not_derived_from_the_job_id(slurm, tmp_path):
