@@ -94,10 +94,11 @@ def torchrun_with_restarts(*args, env: dict[str, str]) -> subprocess.CompletedPr
                         extra_torchrun=("--max-restarts=1", "--monitor-interval=0.2"))
 
 
+@pytest.mark.slow
 def test_nonfinite_stop_is_not_replayed_by_torchrun_restarts(shards, tmp_path):
     run = tmp_path / "run"
     proc = torchrun_with_restarts("--config", config(tmp_path, shards), "--run-dir", run,
-                                  env=subprocess_env(GPT2_PIPELINE_TEST_NAN_STEPS="3"))
+                                  env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.nan_loss=return@step=3"))
     assert proc.returncode != 0
     record = json.loads((run / "exit.json").read_text())
     assert (record["code"], record["step"], record["attempt"]) == (EXIT_NONFINITE, 3, 0)
@@ -108,6 +109,7 @@ def test_nonfinite_stop_is_not_replayed_by_torchrun_restarts(shards, tmp_path):
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_user_error_is_not_replayed_by_torchrun_restarts(shards, tmp_path):
     run = tmp_path / "run"
     run.mkdir()  # a run directory that exists: the error is recorded there
@@ -135,12 +137,13 @@ def test_only_a_restart_of_the_same_launch_repeats_a_recorded_exit(tmp_path, mon
     assert repeated_exit(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_sighup_checkpoints_and_exits_3_like_sigterm(shards, tmp_path):
     """End to end for one of them (SIGQUIT: tests/test_train_setup.py, in-process)."""
     sig = signal.SIGHUP
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--config", str(config(tmp_path, shards, steps=50)), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="0.3"),
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.3)"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
