@@ -165,7 +165,7 @@ def _parquet_error(path: str, row: int, err: BaseException, remote: bool) -> str
         fix = ("; re-run the same command to resume (complete shards are kept)"
                if is_transient(err) else "")
         return f"{path}: cannot read from the hub near row {row}: {err if isinstance(err, RetriesExhausted) else describe(err)}{fix}"
-    return f"{path}: unreadable parquet file near row {row} ({err})"
+    return f"{path}: unreadable parquet file near row {row} ({' '.join(str(err).split())})"
 
 
 def _parquet_rows(path: str, start_row: int, column: str, retry: RetryPolicy,

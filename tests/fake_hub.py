@@ -78,6 +78,7 @@ class FakeHub:
         self.files = dict(files)
         self.repo_id = repo_id
         self.sha = sha
+        self.old_shas: set[str] = set()  # earlier commits still served (after a test "pushes")
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, int]] = []  # (method, path with query, status)
         self.lock = threading.Lock()
@@ -233,7 +234,7 @@ def _handler(hub: FakeHub):
             return self.error(404, None, method)
 
         def known_revision(self, rev: str) -> bool:
-            return unquote(rev) in (hub.sha, "main")
+            return unquote(rev) in (hub.sha, "main") or unquote(rev) in hub.old_shas
 
         def resolve(self, method: str, rev: str, name: str, fault: Fault | None) -> int:
             if not self.known_revision(rev):
