@@ -57,9 +57,9 @@ def resolve_commit(dataset: str, revision: str | None, policy: RetryPolicy, log:
         raise DataPrepError(f"{what} has no revision {revision!r} (a branch, tag or commit sha); "
                             "check --revision") from None
     except RetriesExhausted as err:
-        raise DataPrepError(f"cannot reach the hub: {err}. {offline_advice(dataset, None)}") from None
-    except Exception as err:  # noqa: BLE001 - a permanent failure (4xx) or a client error: one line
-        raise DataPrepError(f"{what}: {describe(err)}. {offline_advice(dataset, None)}") from None
+        raise DataPrepError(f"cannot resolve {err}. {offline_advice(dataset, None)}") from None
+    except Exception as err:  # noqa: BLE001 - offline mode, a permanent failure (4xx), a client error
+        raise DataPrepError(f"cannot resolve {what}: {describe(err)}. {offline_advice(dataset, None)}") from None
     if not info.sha:
         raise DataPrepError(f"{what}: the hub did not return a commit for revision {revision or 'main'!r}")
     return info.sha
@@ -90,9 +90,10 @@ def resolve_hub_files(dataset: str, name: str | None, split: str, revision: str 
                               f"{datasets.config.HF_DATASETS_CACHE} to rule it out)") from err
 
     try:
-        builder = with_retries(load, f"{what}: resolving files", policy, log, transient=_transient_or_stale)
+        builder = with_retries(load, f"cannot resolve {what}", policy, log, transient=_transient_or_stale)
     except RetriesExhausted as err:
-        raise DataPrepError(f"cannot resolve {what}: {err}. {offline_advice(dataset, name)}") from None
+        stale = f" ({err.last})" if isinstance(err.last, _StaleCache) else ""
+        raise DataPrepError(f"{err}{stale}. {offline_advice(dataset, name)}") from None
     except Exception as err:  # noqa: BLE001 - unknown config, no parquet, auth: one line, at once
         raise DataPrepError(f"cannot resolve {what}: {describe(err)}") from None
     data_files = builder.config.data_files or {}

@@ -60,6 +60,8 @@ def is_transient(err: BaseException) -> bool:
     status = status_of(err)
     if status is not None:
         return status in TRANSIENT_STATUS or status >= 500
+    if any(type(e).__name__ == "OfflineModeIsEnabled" for e in _chain(err)):
+        return False  # HF_HUB_OFFLINE=1: a setting, not a network failure
     for e in _chain(err):
         if isinstance(e, (ConnectionError, TimeoutError)):
             return True

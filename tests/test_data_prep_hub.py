@@ -161,3 +161,35 @@ def test_transport_errors_of_the_hub_client_are_transient():
     for err in (httpx2.RemoteProtocolError("cut"), httpx2.ConnectError("refused"), httpx2.ReadTimeout("slow")):
         assert not isinstance(err, OSError) and is_transient(err)
     assert not is_transient(ValueError("BuilderConfig 'x' not found"))
+
+
+def test_stale_datasets_cache_key_error_is_retried_then_one_clear_error(monkeypatch):
+    """Review item: after a failed hub request `datasets` falls back to a cached copy of the
+    dataset's module and fails with KeyError: 'config_name'. That is retried like the hub
+    failure behind it and ends as one DataPrepError that names the stale cache, never a KeyError.
+    (Simulated here: the loopback hub did not reproduce the fallback with datasets 5.2.)"""
+    import datasets
+    from huggingface_hub import HfApi
+
+    from data_prep import DataPrepError
+    from data_prep.hub import resolve_hub_files
+    from data_prep.retry import RetryPolicy
+
+    class Info:
+        sha = SHA
+    calls = []
+
+    def stale(*args, **kwargs):
+        calls.append(kwargs.get("revision"))
+        try:
+            raise ConnectionError("hub unreachable")
+        except ConnectionError:
+            pass
+        raise KeyError("config_name")
+    monkeypatch.setattr(HfApi, "dataset_info", lambda *a, **k: Info())
+    monkeypatch.setattr(datasets, "load_dataset_builder", stale)
+    lines = []
+    with pytest.raises(DataPrepError, match="stale `datasets` cache") as err:
+        resolve_hub_files("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", None,
+                          RetryPolicy(attempts=3, backoff=0.0), lines.append)
+    assert calls == [SHA] * 3 and len(lines) == 2 and "\n" not in str(err.value)
