@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from data_prep import DataPrepError, OneLineParser
-from data_prep.crash_points import crash_point
+from pipeline.failpoints import fail_point
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, check_pinned_revision, resolve_hub_files
 from data_prep.output import open_output, output_lock
 from data_prep.progress import Progress, peak_rss_mb
@@ -210,7 +210,7 @@ def _run_locked(args, out: Path, fresh: dict, resolve) -> int:
                 skip = 0
                 progress.update(writer.tokens - before[0], writer.documents - before[1], chunk.nbytes,
                                 writer.next_index)
-                crash_point("chunk")
+                fail_point("data_prep.chunk")
                 if writer.done:
                     break
             writer.finish()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import DataPrepError
-from data_prep.crash_points import crash_point
+from pipeline.failpoints import fail_point
 from data_prep.sources import Position
 from pipeline.atomic import atomic_write
 from pipeline.shards import DTYPE, shard_filename, write_manifest
@@ -47,7 +47,7 @@ def write_shard(path: Path, tokens: np.ndarray) -> str:
         f.write(header)
         f.write(memoryview(tokens))
         f.flush()
-        crash_point("shard_written")  # temp file complete, not yet renamed
+        fail_point("data_prep.shard_written")  # temp file complete, not yet renamed
 
     atomic_write(path, write)
     return digest.hexdigest()
@@ -145,11 +145,11 @@ class ShardWriter:
             sha256 = write_shard(self.out / name, tokens)
         except OSError as err:
             raise self._disk_error(err, name) from None
-        crash_point("shard_renamed")  # shard in place, manifest not yet updated
+        fail_point("data_prep.shard_renamed")  # shard in place, manifest not yet updated
         self.manifest["shards"].append({"file": name, "split": split, "tokens": len(tokens),
                                         "documents": documents, "sha256": sha256, "end": end})
         self._save_manifest()
-        crash_point("manifest_written")
+        fail_point("data_prep.manifest_written")
 
     def _save_manifest(self) -> None:
         try:

@@ -128,12 +128,18 @@ class TrainLoader:
 
     # -- iteration and state -------------------------------------------------------------
 
-    def next_step(self) -> torch.Tensor:
-        """This rank's data for one optimizer step: int64 (grad_accum, micro_batch, seq_len + 1)."""
-        rows = [self.sequence_tokens(g) for g in self.rank_positions(self.position)]
-        self.position += self.global_batch
+    def batch_at(self, position: int) -> torch.Tensor:
+        """This rank's data for the step starting at global position `position`:
+        int64 (grad_accum, micro_batch, seq_len + 1). Reads only; the state does not move."""
+        rows = [self.sequence_tokens(g) for g in self.rank_positions(position)]
         batch = np.stack(rows).astype(np.int64)
         return torch.from_numpy(batch).view(self.grad_accum, self.micro_batch, self.seq_len + 1)
+
+    def next_step(self) -> torch.Tensor:
+        """The batch of the current position, then advance to the next step."""
+        batch = self.batch_at(self.position)
+        self.position += self.global_batch
+        return batch
 
     def state_dict(self) -> dict:
         return {"fingerprint": self.fingerprint, "seed": self.seed, "shuffle": self.shuffle,
