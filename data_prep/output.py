@@ -87,8 +87,11 @@ def settings_difference(old: dict, new: dict) -> str | None:
     """The first setting that differs, in words (None when the run is the same)."""
     for key in SETTINGS:
         before, after = old.get(key), new.get(key)
-        if key == "source" and isinstance(before, dict):
-            before = {k: v for k, v in before.items() if k != "resolved"}  # filled in on the first run
+        if key == "source" and isinstance(before, dict) and isinstance(after, dict):
+            # `resolved` is filled in on the first run; a hub revision is compared by the commit
+            # it resolves to (data_prep.hub.check_pinned_revision), not by how it was spelled.
+            before = {k: v for k, v in before.items() if k not in ("resolved", "revision")}
+            after = {k: v for k, v in after.items() if k != "revision"}
         if before == after:
             continue
         if key == "source" and isinstance(before, dict) and isinstance(after, dict):
