@@ -55,9 +55,15 @@ class DataConfig:
     dir: str = "data/fineweb-edu-10B"  # shards + manifest.json written by data_prep
     shuffle: bool = True  # per-epoch shard-order and sequence-order shuffling (train split only)
     seed: int = 1337
+    # Packed sequences hold several documents. "across": attend across their boundaries (GPT-2
+    # pretraining); "within": each token sees only its own document, positions restart at each;
+    # "auto": within for prompt/response shards (data_prep.sft, they carry loss masks), else across.
+    document_attention: str = "auto"
 
     def validate(self) -> None:
         _require(bool(self.dir), "data.dir", self.dir, "must name the shard directory")
+        _require(self.document_attention in ("auto", "across", "within"), "data.document_attention",
+                 self.document_attention, "must be one of auto, across, within")
         _require(self.seed >= 0, "data.seed", self.seed, "must be >= 0")
 
 
@@ -105,6 +111,9 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     target_loss: float = 0.0  # stop once train loss <= target (0 = off)
     peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+    # Start from these weights instead of a random init (fresh optimizer, step 0): a Hugging Face
+    # GPT-2 directory or cached hub name, or a checkpoint / run directory. See train/init_from.py.
+    init_from: str = ""
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",

@@ -10,12 +10,14 @@ from pathlib import Path
 from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, resolve
+from pipeline.hf import HFError
 from pipeline.shards import ShardError
 from pipeline.tokenizer import TokenizerError
 from train import EXIT_USER_ERROR
+from train.init_from import adopt_model_config, explicit_model_keys, find_source
 from train.run import run
 
-USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError)
+USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError, HFError)
 
 
 class UsageError(ValueError):
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = build_parser().parse_known_args(argv)
         cfg = resolve(args.config, overrides)
+        if cfg.train.init_from:  # the weights decide the architecture (train/init_from.py)
+            cfg = adopt_model_config(cfg, find_source(cfg.train.init_from), explicit_model_keys(args.config, overrides))
         return run(cfg, Path(args.run_dir), args.resume, argv)
     except (*USER_ERRORS, UsageError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
