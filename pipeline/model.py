@@ -27,7 +27,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scaled = True
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -37,12 +38,12 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([past[0], k], dim=2)
                 v = torch.cat([past[1], v], dim=2)
             cache[layer] = (k, v)
-        # With a cache, new queries sit at the end of the sequence: a prefill (no past)
-        # is plainly causal, one new token attends to everything before it.
-        is_causal = T > 1
-        if is_causal and k.size(2) != T:
-            raise ValueError("KV cache supports a prefill or one token at a time")
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        if mask is not None:  # built once per forward by GPT.attention_mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            # Plainly causal (training's fast path), or one new token after a cache that
+            # attends to everything before it.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -66,8 +67,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -118,24 +120,65 @@ class GPT(nn.Module):
         n = self.num_params(include_padding=True) - self.transformer.wpe.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_embd * seq_len
 
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0, *,
+                      position_ids: torch.Tensor | None = None,
+                      segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states (after ln_f), (B, T, n_embd): apply the output layer
+        only where a prediction is needed (see forward for the arguments)."""
+        B, T = idx.shape
+        if position_ids is None:
+            if start_pos + T > self.config.block_size:
+                raise ValueError(f"sequence length {start_pos + T} exceeds block_size {self.config.block_size}")
+            position_ids = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        elif position_ids.shape != idx.shape:
+            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected {tuple(idx.shape)}")
+        elif T and int(position_ids.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(position_ids.max())} exceeds block_size {self.config.block_size}")
+        past = cache[0][0].size(2) if cache is not None and cache[0] is not None else 0
+        mask = self.attention_mask(T, past, segment_ids, idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)
+        for i, block in enumerate(self.transformer.h):
+            if self.config.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, None, i, mask, use_reentrant=False)
+            else:
+                x = block(x, cache, i, mask)
+        return self.transformer.ln_f(x)
+
+    @staticmethod
+    def attention_mask(T: int, past: int, segment_ids: torch.Tensor | None,
+                       device: torch.device) -> torch.Tensor | None:
+        """Boolean (B or 1, 1, T, past + T) mask, or None for the plain causal fast path.
+
+        Query i (at sequence position past + i) sees key j when j <= past + i and, with
+        segment_ids, when both lie in the same segment. With a cache, segment_ids covers
+        the whole sequence so far (B, past + T): the keys' segments are not in the cache.
+        Every token sees itself, so no row is empty (an empty row would be nan).
+        """
+        if segment_ids is None and (past == 0 or T == 1):
+            return None
+        seen = torch.arange(past + T, device=device)[None, :] <= torch.arange(past, past + T, device=device)[:, None]
+        if segment_ids is None:
+            return seen[None, None]
+        if segment_ids.dim() != 2 or segment_ids.size(1) != past + T:
+            raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, expected (B, {past + T}) "
+                             "(with a cache: the segments of the cached tokens too)")
+        same = segment_ids[:, past:, None] == segment_ids[:, None, :]
+        return (seen & same)[:, None]
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, start_pos: int = 0):
+                cache: KVCache | None = None, start_pos: int = 0, *,
+                position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None):
         """Return (logits over the padded vocab, mean cross-entropy or None).
 
         Logits of the padding ids (>= vocab_size) are the dtype's minimum, so a softmax
-        over the padded vocab equals one over the real vocab. targets equal to -1 are ignored. `cache`/`start_pos` are for generate().
+        over the padded vocab equals one over the real vocab. targets equal to -1 are ignored.
+        `cache`/`start_pos` are for generate() and prefix reuse: new tokens attend to the
+        cached ones. position_ids (B, T) replace the positions start_pos + arange(T) (packed
+        or shared-prefix rows); segment_ids (B, T) let a token attend only to earlier tokens
+        of its own segment (several documents in one row).
         """
-        B, T = idx.shape
-        if start_pos + T > self.config.block_size:
-            raise ValueError(f"sequence length {start_pos + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        for i, block in enumerate(self.transformer.h):
-            if self.config.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, cache, i)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        x = self.hidden_states(idx, cache, start_pos, position_ids=position_ids, segment_ids=segment_ids)
+        logits = self.lm_head(x)
         if self.config.padded_vocab_size > self.config.vocab_size:
             # The padding columns are not tokens. Without this they would take probability
             # mass in every softmax: the loss would not be the 50257-way cross-entropy, and
