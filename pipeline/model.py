@@ -189,8 +189,11 @@ class GPT(nn.Module):
             logits[..., self.config.vocab_size:] = torch.finfo(logits.dtype).min
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1)
+            flat = targets.reshape(-1)
+            # The mean over the targets that count; a batch with none (possible with loss
+            # masks, e.g. a long prompt) is 0, where a plain mean would be 0/0 = nan.
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), flat, ignore_index=-1,
+                                   reduction="sum") / (flat != -1).sum().clamp(min=1)
         return logits, loss
 
     @torch.no_grad()

@@ -248,3 +248,103 @@ def test_sft_two_ranks_equal_one_process(sft_data, sft_baseline, tmp_path):
         assert abs(ours[step] - ref[step]) < 1e-5, (step, ours[step], ref[step])
     for name, tensor in weights(sft_baseline, STEPS).items():
         assert torch.allclose(weights(tmp_path / "run", STEPS)[name], tensor, rtol=1e-4, atol=5e-5), name
+
+
+# -- train.init_from -----------------------------------------------------------------------
+
+def write_token_shards(directory, seed=0, sizes=(4000, 6000, 6000)):
+    """Plain pretraining shards of random GPT-2 ids (EOT every ~100 tokens), with a manifest."""
+    from pipeline.atomic import sha256_file
+    from pipeline.shards import FORMAT, FORMAT_VERSION, shard_filename, write_manifest
+    from pipeline.tokenizer import tokenizer_fingerprint
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    entries = []
+    for index, size in enumerate(sizes):
+        tokens = rng.integers(0, EOT, size, dtype=np.uint16)
+        tokens[::100] = EOT
+        split = "val" if index == 0 else "train"
+        name = shard_filename("rand", split, index)
+        np.save(directory / name, tokens)
+        entries.append({"file": name, "split": split, "tokens": size, "documents": None,
+                        "sha256": sha256_file(directory / name)})
+    write_manifest(directory, {"format": FORMAT, "version": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(),
+                               "complete": True, "source": {"files": "tests: random ids"}, "shards": entries})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A seeded GPT-2 built and saved by transformers itself (the independent reference)."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    torch.manual_seed(123)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=50257)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+def test_init_from_hf_first_step_loss_equals_transformers_on_the_same_batch(hf_dir, tmp_path):
+    import transformers
+    from train.loader import TrainLoader
+    data = write_token_shards(tmp_path / "data")
+    config = tmp_path / "c.toml"
+    config.write_text(SFT_TOML.format(data=data))  # [model] keys equal the weights': allowed
+    run = tmp_path / "run"
+    train_here("--config", config, "--run-dir", run, f"--train.init_from={hf_dir}", "--train.max_steps=1",
+               "--optim.warmup_steps=0")
+    shards = load_shard_set(data)
+    loader = TrainLoader(shards.split("train"), shards.fingerprint, seq_len=32, micro_batch=1, grad_accum=4)
+    rows = loader.next_step()
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        expected = sum(hf(input_ids=r, labels=r).loss.item() for r in rows) / len(rows)
+    assert abs(losses(run)[1] - expected) <= 1e-5, (losses(run)[1], expected)
+    launch = json.loads((run / "run.json").read_text())
+    from pipeline.atomic import sha256_file
+    assert launch["init_from"]["sha256"] == sha256_file(hf_dir / "model.safetensors")
+    assert launch["init_from"]["kind"] == "hf"
+
+
+def test_init_from_a_config_that_contradicts_the_weights_names_the_keys(hf_dir, tmp_path):
+    data = write_token_shards(tmp_path / "data")
+    config = tmp_path / "c.toml"
+    config.write_text(SFT_TOML.format(data=data))
+    proc = run_module("train", "--config", config, "--run-dir", tmp_path / "run", f"--train.init_from={hf_dir}",
+                      "--model.n_layer=3", "--model.n_embd=128", check=False)
+    assert proc.returncode == 2
+    assert "model.n_embd = 128 (the weights have 64)" in proc.stderr
+    assert "model.n_layer = 3 (the weights have 2)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_init_from_a_run_takes_its_weights_then_resumes_its_own_checkpoints(sft_data, sft_baseline, tmp_path):
+    from pipeline.atomic import sha256_file
+    from pipeline.checkpoint import latest_checkpoint
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\ndevice = \"cpu\"\n[data]\ndir = \"%s\"\n" % (sft_data / "data"))
+    run = tmp_path / "run"
+    args = ["--config", config, "--run-dir", run, f"--train.init_from={sft_baseline}", "--train.seq_len=32",
+            "--train.total_batch_size=64", "--train.micro_batch_size=2", "--eval.eval_every=0",
+            "--eval.sample_every=0", "--optim.max_lr=1e-12", "--optim.warmup_steps=0"]
+    train_here(*args, "--train.max_steps=1")
+    source = latest_checkpoint(sft_baseline)
+    launch = json.loads((run / "run.json").read_text())
+    assert launch["init_from"] == {"kind": "checkpoint", "path": str(source), "sha256": sha256_file(source / "model.pt")}
+    assert "--model" not in " ".join(launch["command"])
+    before, after = torch.load(source / "model.pt", weights_only=True), weights(run, 1)
+    for name in before:  # one step at lr 1e-12: the weights are the source's
+        assert torch.allclose(before[name], after[name], atol=1e-9), name
+    assert state(run, 1)["step"] == 1 and state(run, 1)["config"]["model"]["n_embd"] == 64
+    train_here(*args, "--train.max_steps=2")  # a requeue: continues its own run, not the source's weights
+    assert json.loads((run / "run.json").read_text())["resumed_from"].endswith("step_000001")
+    assert sorted(losses(run)) == [1, 2]
+
+
+def test_a_micro_batch_with_no_target_has_loss_zero_not_nan():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=300, pad_vocab_to=64))
+    _, loss = model(torch.randint(0, 300, (2, 8)), torch.full((2, 8), -1))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
