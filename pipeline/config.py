@@ -99,9 +99,15 @@ class DataConfig:
     dir: str = "data/fineweb-edu-10B"  # shards + manifest.json written by data_prep
     shuffle: bool = True  # per-epoch shard-order and sequence-order shuffling (train split only)
     seed: int = 1337
+    # Packed sequences hold several documents. "across": attend across their boundaries (GPT-2
+    # pretraining); "within": each token sees only its own document, positions restart at each;
+    # "auto": within for prompt/response shards (data_prep.sft, they carry loss masks), else across.
+    document_attention: str = "auto"
 
     def validate(self) -> None:
         _require(bool(self.dir), "data.dir", self.dir, "must name the shard directory")
+        _require(self.document_attention in ("auto", "across", "within"), "data.document_attention",
+                 self.document_attention, "must be one of auto, across, within")
         _require(self.seed >= 0, "data.seed", self.seed, "must be >= 0")
 
 
@@ -176,6 +182,9 @@ class TrainConfig:
     # collective. On a contended shared filesystem at 25 MB/s that is ~750 s writing plus the
     # hash; 1800 s keeps a 2x margin. A genuinely hung rank is then noticed within 30 min.
     dist_timeout_s: float = 1800.0
+    # Start from these weights instead of a random init (fresh optimizer, step 0): a Hugging Face
+    # GPT-2 directory or cached hub name, or a checkpoint / run directory. See train/init_from.py.
+    init_from: str = ""
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",

@@ -11,13 +11,15 @@ from pathlib import Path
 from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError, resolve
+from pipeline.hf import HFError
 from pipeline.shards import ShardError
 from pipeline.tokenizer import TokenizerError
 from train import EXIT_USER_ERROR
+from train.init_from import adopt_model_config, explicit_model_keys, find_source
 from train.run import run
 from train.rundir import repeated_exit, write_exit
 
-USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError)
+USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError, HFError)
 
 
 class UsageError(ValueError):
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if (record := repeated_exit(run_dir)) is not None:
             return _repeat(record)
         cfg = resolve(configs[0], overrides)
+        if cfg.train.init_from:  # the weights decide the architecture (train/init_from.py)
+            cfg = adopt_model_config(cfg, find_source(cfg.train.init_from), explicit_model_keys(configs[0], overrides))
         return run(cfg, run_dir, args.resume, argv)
     except (*USER_ERRORS, UsageError) as err:
         return _user_error(f"error: {err}", run_dir)

@@ -51,7 +51,7 @@ def device_name(device: torch.device) -> str:
 
 
 def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: int,
-                       device: torch.device, resumed_from: Path | None) -> None:
+                       device: torch.device, resumed_from: Path | None, extra: dict | None = None) -> None:
     """config.toml (this launch's resolved config) and a run.json entry for this launch."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", cfg.to_toml())
@@ -66,6 +66,7 @@ def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: 
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from": str(resumed_from) if resumed_from else None,
+        **(extra or {}),  # e.g. train.init_from's weights and their sha256
     }
     previous = []
     path = run_dir / "run.json"
