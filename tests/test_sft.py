@@ -228,7 +228,7 @@ def test_sft_training_runs_and_sigterm_resume_is_bitwise_identical(sft_data, sft
     assert sorted(losses(sft_baseline)) == list(range(1, STEPS + 1))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--config", str(sft_data / "sft.toml"), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="0.5"),
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.5)"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(train_rows(run)) >= 2, proc)
     proc.send_signal(signal.SIGTERM)
