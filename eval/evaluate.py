@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,16 @@ class Runtime:
     autocast_dtype: torch.dtype | None
     rank: int = 0
     world_size: int = 1
+    sinks: Any = None  # pipeline.loggers.Loggers of rank 0 (TensorBoard, W&B), or None
+
+    def progress(self, total: int, what: str):
+        """A tqdm bar on rank 0 when stderr is a terminal (else None): (update, close)."""
+        if not self.main or not sys.stderr.isatty():
+            return None, lambda: None
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=what, unit="ex" if what == "hellaswag" else "seq", file=sys.stderr,
+                   dynamic_ncols=True, leave=False)
+        return bar.update, bar.close
 
     @property
     def main(self) -> bool:
@@ -151,8 +162,12 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
     if "hellaswag" in todo:
         hs = tasks.hellaswag
         t0 = time.time()
-        result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
-                                    rt.rank, rt.world_size)
+        update, close = rt.progress(len(hs.examples[rt.rank::rt.world_size]), "hellaswag")
+        try:
+            result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
+                                        rt.rank, rt.world_size, progress=update)
+        finally:
+            close()
         for metric in todo["hellaswag"]:
             value = result[metric.removeprefix("hellaswag_")]
             rows.append(dict(base, metric=metric, value=value, n=result["n"], data=str(hs.path),
@@ -166,8 +181,13 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
             raise EvalError(f"val seq_len {val.seq_len} exceeds the model's block_size "
                             f"{model.config.block_size} (pass --seq-len)")
         t0 = time.time()
-        loss, n = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
-                                   rt.autocast_dtype, rt.rank, rt.world_size)
+        n_seq = (len(val.tokens) - 1) // val.seq_len
+        update, close = rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss")
+        try:
+            loss, n = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
+                                       rt.autocast_dtype, rt.rank, rt.world_size, progress=update)
+        finally:
+            close()
         rows.append(dict(base, metric="val_loss", value=loss, n=n, data=str(val.directory),
                          data_sha256=val.sha256))
         rt.log(f"{label}: val loss {loss:.4f} ({n:,} tokens, {n / (time.time() - t0):,.0f} tokens/s)")
@@ -179,3 +199,6 @@ def _write(rt: Runtime, out_dir: Path, rows: list[dict]) -> None:
     if rt.main:
         for row in rows:
             append_result(out_dir, row)
+            if rt.sinks is not None and row["step"] is not None:
+                # The same numbers to TensorBoard/W&B as eval/<metric> at the checkpoint's step.
+                rt.sinks.row({"step": row["step"], "kind": "eval", row["metric"]: row["value"]})

@@ -87,6 +87,9 @@ class OptimConfig:
                  "must be one of auto, true, false")
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metrics sinks (pipeline/loggers.py)
+
+
 @dataclass
 class TrainConfig:
     total_batch_size: int = 524_288  # tokens per optimizer step (2**19, ~0.5M as in GPT-3 small)
@@ -105,6 +108,9 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     target_loss: float = 0.0  # stop once train loss <= target (0 = off)
     peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+    # Metrics sinks on rank 0: jsonl (metrics.jsonl, always written), tensorboard, wandb
+    # (optional extras; see pipeline/loggers.py). On the command line: --train.loggers=jsonl,wandb
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
@@ -118,6 +124,8 @@ class TrainConfig:
                  "must be one of auto, cuda, mps, cpu")
         _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,
                  "must be one of auto, bfloat16, float32")
+        _require(all(n in LOGGERS for n in self.loggers), "train.loggers",
+                 self.loggers, f"each must be one of {', '.join(LOGGERS)}")
 
 
 @dataclass
@@ -198,6 +206,9 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
     elif typ == "str":
         if isinstance(value, str):
             return value
+    elif typ == "list[str]":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise ConfigError(f"{key} = {value!r}: expected {typ}, got {type(value).__name__}")
 
 
@@ -215,6 +226,8 @@ def _parse_cli_value(key: str, text: str, typ: str) -> Any:
             return int(text.replace("_", ""))
         if typ == "float":
             number = float(text)
+        if typ == "list[str]":  # comma-separated
+            return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
     return _coerce(key, number, typ) if typ == "float" else text
@@ -303,6 +316,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, float):
         text = repr(value)
         return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         # JSON's escapes are valid TOML basic strings, except its \ud83d\ude00 surrogate pairs
         # (hence ensure_ascii=False: the text is UTF-8) and a raw DEL, which TOML forbids.

@@ -24,6 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -242,7 +243,8 @@ def _cross_entropy_into(hidden: torch.Tensor, head_t: torch.Tensor, targets: tor
 
 @torch.no_grad()
 def score_batched(model: torch.nn.Module, examples: list[Example], device: torch.device,
-                  autocast_dtype: torch.dtype | None = None, batch_size: int = 32) -> torch.Tensor:
+                  autocast_dtype: torch.dtype | None = None, batch_size: int = 32,
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Same result as score_reference, many examples per forward pass.
 
     autocast_dtype applies to the transformer body; the head and the loss are in fp32.
@@ -276,6 +278,8 @@ def score_batched(model: torch.nn.Module, examples: list[Example], device: torch
             sums.index_add_(0, slots[part], losses.double())
         lengths = torch.bincount(slots.cpu(), minlength=len(ids) * 4).double()
         out[ids] = torch.stack([sums.cpu(), lengths], dim=1).view(len(ids), 4, 2)
+        if progress is not None:
+            progress(len(ids))
     model.train(was_training)
     return out
 
@@ -287,7 +291,7 @@ def predictions(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate_hellaswag(model: torch.nn.Module, examples: list[Example], device: torch.device | str,
                        autocast_dtype: torch.dtype | None = None, batch_size: int = 32,
-                       rank: int = 0, world_size: int = 1) -> dict:
+                       rank: int = 0, world_size: int = 1, progress: Callable[[int], None] | None = None) -> dict:
     """{"acc", "acc_norm", "n"} over all examples; rank r scores examples r, r+W, r+2W, ...
 
     Every rank must call this (the counts are all-reduced), and all get the same result.
@@ -298,7 +302,7 @@ def evaluate_hellaswag(model: torch.nn.Module, examples: list[Example], device: 
     mine = examples[rank::world_size]
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # [correct, correct_norm, n]
     if mine:
-        scores = score_batched(model, mine, device, autocast_dtype, batch_size)
+        scores = score_batched(model, mine, device, autocast_dtype, batch_size, progress)
         pred, pred_norm = predictions(scores)
         labels = torch.tensor([ex.label for ex in mine])
         counts += torch.tensor([(pred == labels).sum().item(), (pred_norm == labels).sum().item(),

@@ -8,6 +8,7 @@ summed losses all-reduced, so the number is the same at any world size and batch
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,8 +38,10 @@ def val_token_stream(shards: ShardSet, val_tokens: int) -> np.ndarray:
 @torch.no_grad()
 def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
                      device: torch.device, autocast_dtype: torch.dtype | None = None,
-                     rank: int = 0, world_size: int = 1) -> tuple[float, int]:
-    """Mean next-token cross-entropy over the budget; returns (loss, tokens scored)."""
+                     rank: int = 0, world_size: int = 1,
+                     progress: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """Mean next-token cross-entropy over the budget; returns (loss, tokens scored).
+    progress (e.g. a tqdm bar's update) is called with the number of this rank's sequences done."""
     n_seq = (len(tokens) - 1) // seq_len
     mine = list(range(rank, n_seq, world_size))
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of losses, count]
@@ -56,6 +59,8 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
             _, loss = model(batch[:, :-1], batch[:, 1:])
         total[0] += loss.double() * batch[:, 1:].numel()
         total[1] += batch[:, 1:].numel()
+        if progress is not None:
+            progress(len(rows))
     model.train(was_training)
     if world_size > 1:
         dist.all_reduce(total)
