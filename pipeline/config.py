@@ -157,6 +157,9 @@ class OptimConfig:
         _require(0 <= self.cooldown_frac <= 1, "optim.cooldown_frac", self.cooldown_frac, "must be in [0, 1]")
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metrics sinks (pipeline/loggers.py)
+
+
 @dataclass
 class TrainConfig:
     total_batch_size: int = 524_288  # tokens per optimizer step (2**19, ~0.5M as in GPT-3 small)
@@ -185,6 +188,9 @@ class TrainConfig:
     # Start from these weights instead of a random init (fresh optimizer, step 0): a Hugging Face
     # GPT-2 directory or cached hub name, or a checkpoint / run directory. See train/init_from.py.
     init_from: str = ""
+    # Metrics sinks on rank 0: jsonl (metrics.jsonl, always written), tensorboard, wandb
+    # (optional extras; see pipeline/loggers.py). On the command line: --train.loggers=jsonl,wandb
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
@@ -199,6 +205,8 @@ class TrainConfig:
                  "must be one of auto, cuda, mps, cpu")
         _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,
                  "must be one of auto, bfloat16, float32")
+        _require(all(n in LOGGERS for n in self.loggers), "train.loggers",
+                 self.loggers, f"each must be one of {', '.join(LOGGERS)}")
 
 
 @dataclass
@@ -289,6 +297,9 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
     elif typ == "str":
         if isinstance(value, str):
             return value
+    elif typ == "list[str]":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise ConfigError(f"{key} = {value!r}: expected {typ}, got {type(value).__name__}")
 
 
@@ -306,6 +317,8 @@ def _parse_cli_value(key: str, text: str, typ: str) -> Any:
             return int(text.replace("_", ""))
         if typ == "float":
             number = float(text)
+        if typ == "list[str]":  # comma-separated
+            return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
     return _coerce(key, number, typ) if typ == "float" else text

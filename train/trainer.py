@@ -26,8 +26,10 @@ from pipeline.config import Config, ConfigError
 from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
                                   gather_to_main)
 from pipeline.failpoints import fail_point
+from pipeline.loggers import Loggers, require_packages
 from pipeline.model import GPT
 from pipeline.optimizer import build_optimizer
+from pipeline.provenance import git_commit
 from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
@@ -72,6 +74,7 @@ class Trainer:
         self.dtype = autocast_dtype(tc.dtype, self.device)
         if self.device.type == "cuda":
             set_tf32(tc.tf32)
+        require_packages(tc.loggers)  # a missing TensorBoard/W&B stops the run before any work
         self.grad_accum = grad_accum_steps(tc.total_batch_size, tc.micro_batch_size, tc.seq_len, env.world_size)
         shards = load_shard_set(cfg.data.dir)
         check_shards(shards.split("train"), env)
@@ -103,7 +106,10 @@ class Trainer:
                 raise ConfigError(f"--run-dir {self.run_dir}: cannot write the run directory ({err})") from None
             trim_metrics(self.run_dir, self.step if ckpt is not None else -1)
             remove_partial_checkpoints(self.run_dir)
-        self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps)
+        sinks = Loggers(tc.loggers, self.run_dir, self.run_dir.resolve().name, cfg.to_dict(),
+                        git_commit() if env.is_main else {},
+                        enabled=env.is_main)
+        self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps, sinks)
         self._describe(shards, ckpt, notes)
 
     # -- setup ---------------------------------------------------------------------------
