@@ -69,19 +69,21 @@ class TwoNodeCluster(SlurmCluster):
     node: str = "node1"
     holders: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def _enter(self, node: str) -> list[str]:
-        return ["nsenter", "-t", str(self.holders[node].pid), "--net", "--uts", "--mount", "--"]
+    def _enter(self, node: str, cwd: Path | str | None = None) -> list[str]:
+        # Entering a mount namespace resets the working directory to its root: --wd keeps ours.
+        return ["nsenter", "-t", str(self.holders[node].pid), "--net", "--uts", "--mount",
+                f"--wd={cwd or os.getcwd()}", "--"]
 
-    def command(self, *cmd: str) -> list[str]:
-        """CMD as run on node1, for callers that start it themselves (e.g. a background sbatch --wait)."""
-        return [*self._enter("node1"), *cmd]
+    def command(self, *cmd: str, cwd: Path | str | None = None) -> list[str]:
+        """CMD as run on node1 in cwd, for callers that start it themselves (a background sbatch --wait)."""
+        return [*self._enter("node1", cwd), *cmd]
 
     def run(self, *cmd: str, env: dict[str, str] | None = None, check: bool = True,
             timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
         """A Slurm command on node1 (the controller is only reachable inside the namespaces)."""
         if not self.holders:
             raise AssertionError("the two-node cluster is not running")
-        return super().run(*self._enter("node1"), *cmd, env=env, check=check, timeout=timeout, cwd=cwd)
+        return super().run(*self._enter("node1", cwd), *cmd, env=env, check=check, timeout=timeout, cwd=cwd)
 
     def start(self, timeout: float = 90) -> "TwoNodeCluster":
         begin = time.monotonic()
@@ -121,13 +123,13 @@ class TwoNodeCluster(SlurmCluster):
         for name, addr in NODES.items():
             subprocess.run(["ip", "link", "set", ends[name], "netns", str(self.holders[name].pid)], check=True)
             for cmd in (["ip", "addr", "add", f"{addr}/24", "dev", ends[name]], ["ip", "link", "set", ends[name], "up"]):
-                subprocess.run([*self._enter(name), *cmd], check=True)
+                subprocess.run([*self._enter(name, self.root), *cmd], check=True)
 
     def _spawn_in(self, node: str, name: str, *args: str) -> None:
         program = name.split("-")[0]
         with open(self.root / "log" / f"{name}.stdout", "w") as out:
             self.procs[name] = subprocess.Popen(
-                [*self._enter(node), _which(program), *args], stdout=out, stderr=subprocess.STDOUT,
+                [*self._enter(node, self.root), _which(program), *args], stdout=out, stderr=subprocess.STDOUT,
                 env=self.env(), start_new_session=True, preexec_fn=_die_with_parent)
 
     def _write_conf(self) -> None:

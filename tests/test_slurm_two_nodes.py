@@ -70,7 +70,7 @@ def test_two_nodes_rendezvous_requeue_on_usr1_and_match_one_node(cluster, shards
     env = job_env(cluster, GPUS_PER_NODE="1", GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.3)")
     waiter = subprocess.Popen(
         cluster.command("sbatch", "--wait", "--nodes=2", f"--job-name={name}", f"--output={log}", "--cpus-per-task=1",
-                        "slurm/train.sbatch", "--config", str(config), "--run-dir", str(run)),
+                        "slurm/train.sbatch", "--config", str(config), "--run-dir", str(run), cwd=REPO),
         env=cluster.env(env), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         job = _job_id_by_name(cluster, name)
