@@ -21,7 +21,7 @@ from eval.__main__ import main
 from eval.watch import acquire_lock
 from pipeline.checkpoint import checkpoint_dir
 
-HS = ["--hellaswag", str(HELLASWAG_VAL), "--limit", "8"]
+HS = ["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "8"]
 
 
 @pytest.fixture(scope="module")
