@@ -18,13 +18,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from data_prep import DataPrepError, OneLineParser
+from data_prep import DataPrepError
 from pipeline.atomic import fsync_dir, sha256_file
+from pipeline.cli import OneLineParser
+from pipeline.hellaswag import DEFAULT_HELLASWAG, HELLASWAG_VAL_SHA256 as SHA256
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
-FILENAME = "hellaswag_val.jsonl"
-DEFAULT_OUT = "data/hellaswag"
+FILENAME = DEFAULT_HELLASWAG.name
+DEFAULT_OUT = str(DEFAULT_HELLASWAG.parent)
 
 
 def install(out: Path, source: Path | None = None, url: str = URL, timeout: float = 60.0, log=print) -> Path:

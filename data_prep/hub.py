@@ -26,11 +26,7 @@ _COMMIT_RE = re.compile(r"@([0-9a-f]{40})/")
 def resolve_hub_files(dataset: str, name: str | None, split: str,
                       revision: str | None) -> tuple[str, list[SourceFile]]:
     """(commit sha, parquet files in load_dataset order) for one config split of a hub dataset."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataPrepError("reading from the hub needs the `datasets` package (pip install datasets), "
-                            "or pass local files with --files") from None
+    import datasets  # a dependency; imported here because it takes seconds and --files does not need it
     try:
         builder = datasets.load_dataset_builder(dataset, name=name, revision=revision)
     except Exception as err:  # network, auth, unknown dataset/config: all end the same way for the user

@@ -7,8 +7,6 @@ is the only one that writes results.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,10 @@ import torch.distributed as dist
 from eval import EvalError
 from eval.results import append_result, checkpoint_sha256, done_keys, state_dict_sha256
 from eval.tasks import Tasks
-from pipeline.checkpoint import CheckpointError, load_model, read_marker, step_of
-from pipeline.config import Config, ConfigError, from_dict
-from pipeline.distributed import pick_device
+from pipeline.checkpoint import CheckpointError, load_model, read_marker, read_state, step_of
+from pipeline.distributed import autocast_dtype, init_distributed
 from pipeline.hellaswag import evaluate_hellaswag
+from pipeline.hf import load_hf_gpt2
 from pipeline.model import GPT
 from pipeline.val_loss import compute_val_loss
 
@@ -53,20 +51,9 @@ class Runtime:
 
 
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    dev = pick_device(device, key="--device")
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, "?")
-    if autocast == "?":
-        raise EvalError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
-    return Runtime(dev, autocast, rank, world_size)
+    """The trainer's process-group setup (pipeline/distributed.py, its restart fix included)."""
+    env = init_distributed(device, key="--device")
+    return Runtime(env.device, autocast_dtype(dtype, env.device, key="--dtype"), env.rank, env.world_size)
 
 
 def teardown(rt: Runtime) -> None:
@@ -84,13 +71,6 @@ class Target:
     load: Callable[[torch.device], GPT]
 
 
-def run_config(state: dict, where: Path) -> Config:
-    try:
-        return from_dict(state.get("config") or {})
-    except ConfigError as err:
-        raise CheckpointError(f"{where}: config recorded in train_state.json is not usable ({err})") from None
-
-
 def checkpoint_target(path: Path) -> Target:
     """Read a checkpoint's marker and train_state.json; the weights load later, on demand."""
     if path.name.endswith(".tmp"):
@@ -98,10 +78,7 @@ def checkpoint_target(path: Path) -> Target:
                               "only complete step_NNNNNN directories are evaluated")
     read_marker(path)  # raises for an incomplete checkpoint
     sha = checkpoint_sha256(path)
-    try:
-        state = json.loads((path / "train_state.json").read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path / 'train_state.json'}: unreadable ({err})") from None
+    state = read_state(path)
     step = int(state.get("step", step_of(path)))
 
     def load(device: torch.device) -> GPT:
@@ -111,10 +88,6 @@ def checkpoint_target(path: Path) -> Target:
 
 
 def hf_target(name: str) -> Target:
-    try:
-        from pipeline.hf import load_hf_gpt2
-    except ImportError as err:
-        raise EvalError(f"--hf needs pipeline/hf.py ({err})") from None
     try:
         model = load_hf_gpt2(name)
     except (OSError, ValueError) as err:  # a missing directory / unknown name / foreign weights

@@ -1,4 +1,4 @@
-"""argparse for the `python -m pipeline` commands, with the project's error contract.
+"""The one argparse parser of every CLI (stages and commands), with the project's error contract.
 
 A usage mistake (unknown flag, missing or ill-typed value) is ONE `error: ...` line on
 stderr and exit 2, like every other user error, instead of argparse's usage block.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import sys
 from dataclasses import dataclass, field, fields
@@ -159,15 +157,6 @@ class Config:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
-
-    def model_hash(self) -> str:
-        """Fingerprint of everything that fixes the parameter shapes (checked on resume).
-
-        activation_checkpointing is left out: it trades memory for compute without
-        changing a single weight, so a run may resume with it switched on or off.
-        """
-        shapes = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "activation_checkpointing"}
-        return hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:

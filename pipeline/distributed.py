@@ -55,6 +55,18 @@ def pick_device(name: str = "auto", key: str = "train.device") -> torch.device:
     return device
 
 
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(name: str, device: torch.device, key: str = "train.dtype") -> torch.dtype | None:
+    """None = plain fp32. auto: bf16 autocast on CUDA (GPT-2 reproductions' setting), fp32 elsewhere."""
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    if name not in AUTOCAST:
+        raise ConfigError(f"{key} = {name!r}: expected auto, {', '.join(AUTOCAST)}")
+    return AUTOCAST[name]
+
+
 def _env_int(name: str, default: int) -> int:
     text = os.environ.get(name)
     if text is None:
@@ -80,12 +92,12 @@ def _join_process_group(backend: str, rank: int, world: int, **kwargs) -> None:
                             world_size=world, **kwargs)
 
 
-def init_distributed(device_name: str = "auto") -> DistEnv:
+def init_distributed(device_name: str = "auto", key: str = "train.device") -> DistEnv:
     """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE and join the process group if N > 1."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = pick_device(device_name)
+    device = pick_device(device_name, key)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are "
@@ -94,7 +106,7 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
         torch.cuda.set_device(device)
     if world > 1:
         if device.type == "mps":
-            raise ConfigError("multi-process training is not supported on mps (use --train.device=cpu)")
+            raise ConfigError(f"{key} = mps: multi-process runs are not supported on mps (use cpu)")
         if not dist.is_initialized():
             if device.type == "cuda":
                 _join_process_group("nccl", rank, world, device_id=device)

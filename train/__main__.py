@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError
+from pipeline.cli import OneLineParser
 from pipeline.config import ConfigError, resolve
 from pipeline.shards import ShardError
 from pipeline.tokenizer import TokenizerError
@@ -18,17 +19,8 @@ from train.run import run
 USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError)
 
 
-class UsageError(ValueError):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error:` line instead of usage + traceback-ish noise
-        raise UsageError(f"{message} (see python -m train --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m train", allow_abbrev=False,
+    parser = OneLineParser(prog="python -m train", allow_abbrev=False,
                      description="Pretrain a GPT-2 model on token shards (one process, or torchrun for DDP).",
                      epilog="Any config key can be overridden as --section.key=value, e.g. --data.dir=DIR "
                             "--train.micro_batch_size=16 --optim.max_lr=1e-3. Exit codes: 0 finished, "
@@ -45,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, overrides = build_parser().parse_known_args(argv)
+    except SystemExit as exit_:  # --help, or a usage mistake already printed as one `error:` line
+        return exit_.code
+    try:
         cfg = resolve(args.config, overrides)
         return run(cfg, Path(args.run_dir), args.resume, argv)
-    except (*USER_ERRORS, UsageError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except OSError as err:  # the run directory cannot be written: disk full, quota, permissions

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_write_json, atomic_write_text, read_jsonl
+from pipeline.checkpoint import EXIT
 from pipeline.config import Config
 
 METRICS = "metrics.jsonl"
@@ -90,5 +91,5 @@ def trim_metrics(run_dir: Path, resume_step: int) -> int:
 
 
 def write_exit(run_dir: Path, code: int, reason: str, step: int) -> None:
-    atomic_write_json(run_dir / "exit.json", {"code": code, "reason": reason, "step": step,
+    atomic_write_json(run_dir / EXIT, {"code": code, "reason": reason, "step": step,
                                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
