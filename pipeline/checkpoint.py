@@ -206,12 +206,11 @@ def read_exit(run_dir: str | Path) -> dict | None:
 
 
 def strip_wrapper_prefixes(state_dict: dict) -> dict:
-    """Accept weights saved from a DDP- or torch.compile-wrapped model too."""
+    """Accept weights saved from a DDP- or torch.compile-wrapped model too (in either order)."""
     out = {}
     for name, tensor in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.partition(".")[2]
         out[name] = tensor
     return out
 

@@ -263,6 +263,10 @@ def export_hf(model_or_checkpoint: GPT | str | Path, out_dir: str | Path, overwr
         model, state = load_model(path)
         cfg, sd, source = model.config, model.state_dict(), str(path / "model.pt")
         metadata.update({k: str(state[k]) for k in ("step", "tokens_seen") if k in state})
+    incompatible = cfg.gpt2_incompatible()
+    if incompatible:
+        raise HFError(f"{source}: cannot export to Hugging Face's GPT-2 format, which cannot hold "
+                      f"{', '.join(incompatible)} (only GPT-2's architecture exports; keep the checkpoint)")
     if (out / "model.safetensors").exists() and not overwrite:
         raise HFError(f"{out / 'model.safetensors'} exists; pass --force to overwrite")
     hf_sd = to_hf_state_dict(sd, cfg, source)

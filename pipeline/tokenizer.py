@@ -114,3 +114,11 @@ def official_bpe_files(bpe_dir: str | None = None) -> dict[str, bytes] | None:
             with _hash_checked():
                 return {n: read_file_cached(str(directory / n), OFFICIAL_SHA256[n]) for n in DATA_GYM}
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def token_byte_lengths() -> tuple[int, ...]:
+    """UTF-8 bytes each token id stands for (what bits-per-byte divides by); the
+    end-of-text token is 0 bytes: it marks a document boundary, it is no text."""
+    enc = get_tokenizer()
+    return tuple(0 if i == EOT else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab))
