@@ -135,19 +135,24 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
                 checkpoint_sha256=target.sha256, device=rt.device.type, world_size=rt.world_size,
                 dtype=str(rt.autocast_dtype or torch.float32).removeprefix("torch."))
     rows = []
+
+    def record(kind: str, value, n, data: Path, data_sha256: str) -> None:
+        """Rows of `kind`'s pending metrics (value(metric), n(metric)), appended as soon as known."""
+        new = [dict(base, metric=m, value=value(m), n=n(m), data=str(data), data_sha256=data_sha256)
+               for m in todo[kind]]
+        rows.extend(new)
+        _write(rt, out_dir, new)
+
     if "hellaswag" in todo:
         hs = tasks.hellaswag
         t0 = time.time()
         with rt.progress(len(hs.examples), "HellaSwag") as bar:
             result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
                                         rt.rank, rt.world_size, bar)
-        for metric in todo["hellaswag"]:
-            value = result[metric.removeprefix("hellaswag_")]
-            rows.append(dict(base, metric=metric, value=value, n=result["n"], data=str(hs.path),
-                             data_sha256=hs.sha256))
         rt.log(f"{label}: HellaSwag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
                f"(n={result['n']}, {result['n'] / (time.time() - t0):.1f} examples/s)")
-        _write(rt, out_dir, rows[-len(todo["hellaswag"]):])
+        record("hellaswag", lambda m: result[m.removeprefix("hellaswag_")], lambda m: result["n"], hs.path,
+               hs.sha256)
     if "val" in todo:
         val = tasks.val
         if val.seq_len > model.config.block_size:
@@ -158,13 +163,10 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
         with rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss") as bar:
             val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
                                           rt.autocast_dtype, rt.rank, rt.world_size, progress=bar)
-        for metric in todo["val"]:
-            value = val_result.loss if metric == "val_loss" else val_result.bpb
-            rows.append(dict(base, metric=metric, value=value, n=val_result.tokens, data=str(val.directory),
-                             data_sha256=val.sha256))
         rt.log(f"{label}: val loss {val_result.loss:.4f}, {val_result.bpb:.4f} bits/byte ({val_result.tokens:,} "
                f"tokens, {val_result.tokens / (time.time() - t0):,.0f} tokens/s)")
-        _write(rt, out_dir, rows[-len(todo["val"]):])
+        record("val", lambda m: val_result.loss if m == "val_loss" else val_result.bpb,
+               lambda m: val_result.tokens, val.directory, val.sha256)
     if "core" in todo:
         bundle = tasks.core
         t0 = time.time()
@@ -175,13 +177,11 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
         values = {"core": result["core"]}
         for name, r in result["tasks"].items():
             values[f"core_acc/{name}"], values[f"core_centered/{name}"] = r["acc"], r["centered"]
-        new = [dict(base, metric=metric, value=values[metric], n=items if metric == "core" else
-                    result["tasks"][metric.split("/", 1)[1]]["n"], data=str(bundle.directory),
-                    data_sha256=bundle.sha256) for metric in todo["core"]]
-        rows += new
         rt.log(f"{label}: CORE {result['core']:.4f} over {len(result['tasks'])} tasks "
                f"({items / (time.time() - t0):.1f} items/s)")
-        _write(rt, out_dir, new)
+        record("core", values.__getitem__,
+               lambda m: items if m == "core" else result["tasks"][m.split("/", 1)[1]]["n"],
+               bundle.directory, bundle.sha256)
     return rows
 
 
