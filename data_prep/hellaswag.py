@@ -65,6 +65,14 @@ def _copy_local(source: Path, dst) -> str:
 
 
 def _download(url: str, dst, timeout: float) -> str:
+    return download(url, dst, timeout, what="HellaSwag", offline=(
+        f"without internet access, copy {FILENAME} (sha256 {SHA256}) from a machine that has it and run: "
+        f"python -m data_prep.hellaswag --from PATH/{FILENAME}"))
+
+
+def download(url: str, dst, timeout: float, what: str, offline: str) -> str:
+    """Stream url into the open file dst; returns the sha256 of what was written. A network
+    failure is one DataPrepError: what could not be downloaded, why, and `offline` advice."""
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -73,10 +81,7 @@ def _download(url: str, dst, timeout: float) -> str:
                 dst.write(block)
     except (urllib.error.URLError, OSError) as err:  # offline, DNS, timeout, HTTP errors
         reason = getattr(err, "reason", None) or err
-        raise DataPrepError(
-            f"cannot download HellaSwag from {url} ({reason}). Without internet access, copy {FILENAME} "
-            f"(sha256 {SHA256}) from a machine that has it and run: "
-            f"python -m data_prep.hellaswag --from PATH/{FILENAME}") from None
+        raise DataPrepError(f"cannot download {what} from {url} ({reason}); {offline}") from None
     return digest.hexdigest()
 
 
