@@ -1,10 +1,11 @@
-"""python -m eval: HellaSwag and validation loss on checkpoints, once or --watch'ing a run.
+"""python -m eval: HellaSwag, validation loss/bits-per-byte and CORE on checkpoints, once or --watch'ing a run.
 
   python -m eval --checkpoint runs/NAME              # latest complete checkpoint of a run
   python -m eval --checkpoint runs/NAME --all        # every complete checkpoint
   python -m eval --checkpoint runs/NAME/checkpoints/step_005000
   python -m eval --hf gpt2 --out runs/hf-gpt2        # OpenAI's GPT-2 as a baseline
   python -m eval --watch runs/NAME --interval 300 --exit-when-done
+  python -m eval --checkpoint runs/NAME --tasks core --eval-bundle eval_bundle --max-per-task 100
   torchrun --nproc_per_node=8 -m eval --checkpoint runs/NAME   # same numbers, 8x faster
 
 Results go to RUN/eval/results.jsonl (what is already there is not recomputed unless
@@ -44,7 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--watch", metavar="RUN_DIR", help="evaluate each new complete checkpoint of a run, once")
     p.add_argument("--all", action="store_true", help="with --checkpoint RUN_DIR: every complete checkpoint")
     p.add_argument("--out", metavar="DIR", help="where results/report go for --hf (default runs/hf-NAME)")
-    p.add_argument("--tasks", default="auto", help="auto (those with data), hellaswag, val, or hellaswag,val")
+    p.add_argument("--tasks", help="auto (those with data) or a list such as hellaswag,val,core "
+                   "(default: the run config's eval.tasks, auto)")
+    p.add_argument("--eval-bundle", metavar="DIR", help="CORE eval bundle: core.yaml, eval_meta_data.csv, eval_data/")
+    p.add_argument("--max-per-task", type=int, help="CORE rows per task (default: eval.core_max_per_task, 0 = all)")
+    p.add_argument("--core-batch-size", type=int, default=16, help="CORE items per forward pass")
     p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag val jsonl (default data/hellaswag/hellaswag_val.jsonl)")
     p.add_argument("--hellaswag-unverified", action="store_true",
                    help="score a HellaSwag-format file that is not the canonical validation set")
@@ -68,10 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--max-idle", type=float, help="exit after S seconds without a new checkpoint")
     w.add_argument("--stop-file", metavar="PATH", help="exit (after the current evaluation) once PATH exists")
     args = p.parse_args(argv)
-    for name in ("limit", "batch_size", "val_tokens", "seq_len", "val_batch_size"):
+    for name in ("limit", "batch_size", "val_tokens", "seq_len", "val_batch_size", "max_per_task", "core_batch_size"):
         value = getattr(args, name)
-        if value is not None and (value < 0 or (value == 0 and name != "limit")):
-            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'limit' else '> 0'}, got {value}")
+        zero_ok = name in ("limit", "max_per_task")
+        if value is not None and (value < 0 or (value == 0 and not zero_ok)):
+            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
     if args.all and not args.checkpoint:
         p.error("--all goes with --checkpoint RUN_DIR")
     if args.out and not args.hf:
@@ -83,7 +89,9 @@ def make_tasks(args: argparse.Namespace, config: Config | None) -> Tasks:
     return build_tasks(tasks=args.tasks, hellaswag=args.hellaswag, limit=args.limit,
                        verify=not args.hellaswag_unverified, batch_size=args.batch_size,
                        val_data=args.val_data, val_tokens=args.val_tokens, seq_len=args.seq_len,
-                       val_batch_size=args.val_batch_size, run_config=config or Config())
+                       val_batch_size=args.val_batch_size, run_config=config or Config(),
+                       eval_bundle=args.eval_bundle, max_per_task=args.max_per_task,
+                       core_batch_size=args.core_batch_size)
 
 
 def write_report(rt: Runtime, run_dir: Path, args: argparse.Namespace) -> None:

@@ -40,7 +40,7 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are decided by the caller
         w = weight[:vocab_size]
         valid = targets != -1
-        count = valid.sum()
+        count = valid.sum().clamp(min=1)  # no target at all (a loss mask over a prompt): loss 0, not 0/0
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         if with_grad:
             grad_hidden = torch.empty_like(hidden)

@@ -69,7 +69,7 @@ def find_hellaswag(layout: Layout, explicit: str | None, offline: bool) -> tuple
 
 
 def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: Path | None,
-                hellaswag_limit: int) -> list[Stage]:
+                hellaswag_limit: int, hellaswag_unverified: bool = False) -> list[Stage]:
     shards = str(layout.shards)
     cfg = resolve(config, [f"--data.dir={shards}", *overrides])
     corpus = Stage("corpus", [python_module("pipeline.commands.demo_corpus", "--out", str(layout.corpus))],
@@ -82,6 +82,8 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
                   done=lambda: train_done(layout.run, cfg.train.max_steps),
                   exit_code=trainer_exit_code(layout.run))
     tasks = ["--tasks", "val"] if hellaswag is None else ["--hellaswag", str(hellaswag), "--limit", str(hellaswag_limit)]
+    if hellaswag is not None and hellaswag_unverified:
+        tasks.append("--hellaswag-unverified")
     metrics = ("val_loss",) if hellaswag is None else ("val_loss", "hellaswag_acc_norm")
     evaluate = Stage("eval", [eval_command(layout.run, shards, *tasks)], done=lambda: eval_done(layout.run, metrics))
     return [corpus, data, train, evaluate]
@@ -132,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "downloaded when possible)")
     p.add_argument("--hellaswag-limit", type=int, default=200,
                    help="HellaSwag examples per checkpoint (0 = all 10,042; the full set takes long on CPU)")
+    p.add_argument("--hellaswag-unverified", action="store_true",
+                   help="score a HellaSwag-format file of your own (eval --hellaswag-unverified)")
     p.add_argument("--offline", action="store_true", help="do not try to download HellaSwag")
     p.add_argument("--no-samples", action="store_true", help="skip the closing samples")
     return p
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--hellaswag-limit {args.hellaswag_limit}: must be >= 0")
         resolve(args.config, overrides)  # bad overrides fail here, before any work
         hellaswag, note = find_hellaswag(layout, args.hellaswag, args.offline)
-        stages = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit)
+        stages = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit,
+                             args.hellaswag_unverified)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
