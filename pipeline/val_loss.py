@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import NamedTuple
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -54,8 +53,8 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
                      device: torch.device, autocast_dtype: torch.dtype | None = None,
                      rank: int = 0, world_size: int = 1,
                      progress: Callable[[int], None] | None = None) -> ValResult:
-    """Mean next-token cross-entropy and bits-per-byte over the budget. progress (e.g. a
-    tqdm bar's update) is called with the number of this rank's sequences done."""
+    """Mean next-token cross-entropy and bits-per-byte over the budget.
+    progress (e.g. a tqdm bar's update) is called with the number of this rank's sequences done."""
     n_seq = (len(tokens) - 1) // seq_len
     mine = list(range(rank, n_seq, world_size))
     nbytes = torch.tensor(token_byte_lengths(), dtype=torch.float64, device=device)

@@ -35,9 +35,9 @@ from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
 from train.init_from import find_source, load_weights
 from train.loader import StepBatch, TrainLoader, document_layout
-from train.prefetch import Prefetcher
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
 from train.precision import set_tf32
+from train.prefetch import Prefetcher
 from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
