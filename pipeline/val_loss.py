@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from typing import NamedTuple
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,8 +52,10 @@ def val_token_stream(shards: ShardSet, val_tokens: int) -> np.ndarray:
 @torch.no_grad()
 def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
                      device: torch.device, autocast_dtype: torch.dtype | None = None,
-                     rank: int = 0, world_size: int = 1) -> ValResult:
-    """Mean next-token cross-entropy and bits-per-byte over the budget."""
+                     rank: int = 0, world_size: int = 1,
+                     progress: Callable[[int], None] | None = None) -> ValResult:
+    """Mean next-token cross-entropy and bits-per-byte over the budget. progress (e.g. a
+    tqdm bar's update) is called with the number of this rank's sequences done."""
     n_seq = (len(tokens) - 1) // seq_len
     mine = list(range(rank, n_seq, world_size))
     nbytes = torch.tensor(token_byte_lengths(), dtype=torch.float64, device=device)
@@ -80,6 +83,8 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
         total[1] += targets.numel()
         total[2] += loss_text.double() * with_text.sum()
         total[3] += target_bytes.sum()
+        if progress is not None:
+            progress(len(rows))
     model.train(was_training)
     if world_size > 1:
         dist.all_reduce(total)

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,22 +23,9 @@ import torch
 
 from pipeline.atomic import atomic_write_json, atomic_write_text, read_jsonl
 from pipeline.config import Config
+from pipeline.provenance import git_commit
 
 METRICS = "metrics.jsonl"
-REPO = Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> dict:
-    """The checkout's commit and whether it had local changes (None outside a git checkout)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def device_name(device: torch.device) -> str:
@@ -51,7 +37,7 @@ def device_name(device: torch.device) -> str:
 
 
 def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: int,
-                       device: torch.device, resumed_from: Path | None) -> None:
+                       device: torch.device, resumed_from: Path | None, extra: dict | None = None) -> None:
     """config.toml (this launch's resolved config) and a run.json entry for this launch."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", cfg.to_toml())
@@ -66,6 +52,7 @@ def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: 
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from": str(resumed_from) if resumed_from else None,
+        **(extra or {}),  # e.g. train.init_from's weights and their sha256
     }
     previous = []
     path = run_dir / "run.json"
