@@ -34,7 +34,8 @@ from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
 from train.init_from import find_source, load_weights
-from train.loader import StepBatch, TrainLoader, document_layout
+from pipeline.documents import document_layout
+from train.loader import StepBatch, TrainLoader
 from train.prefetch import Prefetcher
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
 from train.precision import set_tf32
