@@ -184,7 +184,7 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
         n_seq = (len(val.tokens) - 1) // val.seq_len
         with rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss") as bar:
             val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
-                                          rt.autocast_dtype, rt.rank, rt.world_size, progress=bar)
+                                          rt.autocast_dtype, rt.rank, rt.world_size, progress=bar, mask=val.mask)
         for metric in todo["val"]:
             value = val_result.loss if metric == "val_loss" else val_result.bpb
             rows.append(dict(base, metric=metric, value=value, n=val_result.tokens, data=str(val.directory),

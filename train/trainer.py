@@ -25,6 +25,7 @@ from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkp
 from pipeline.config import Config, ConfigError
 from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
                                   gather_to_main)
+from pipeline.documents import document_layout
 from pipeline.failpoints import fail_point
 from pipeline.loggers import Loggers, require_packages
 from pipeline.model import GPT
@@ -34,7 +35,7 @@ from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
 from train.init_from import find_source, load_weights
-from train.loader import StepBatch, TrainLoader, document_layout
+from train.loader import StepBatch, TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
 from train.precision import set_tf32
 from train.prefetch import Prefetcher
