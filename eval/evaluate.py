@@ -162,7 +162,7 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
         n_seq = (len(val.tokens) - 1) // val.seq_len
         with rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss") as bar:
             val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
-                                          rt.autocast_dtype, rt.rank, rt.world_size, progress=bar)
+                                          rt.autocast_dtype, rt.rank, rt.world_size, progress=bar, mask=val.mask)
         rt.log(f"{label}: val loss {val_result.loss:.4f}, {val_result.bpb:.4f} bits/byte ({val_result.tokens:,} "
                f"tokens, {val_result.tokens / (time.time() - t0):,.0f} tokens/s)")
         record("val", lambda m: val_result.loss if m == "val_loss" else val_result.bpb,

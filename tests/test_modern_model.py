@@ -49,6 +49,7 @@ def test_bad_option_values_name_the_key(bad):
         from_dict({"model": {**TINY, **bad}}).validate()
 
 
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_each_option_trains_and_generates_with_the_cache(options, one_thread):
     gpt2, m = model(), model(**options)
     idx = tokens()

@@ -25,6 +25,7 @@ from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkp
 from pipeline.config import Config, ConfigError
 from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, autocast_dtype, barrier,
                                   broadcast_from_main, gather_to_main)
+from pipeline.documents import document_layout
 from pipeline.failpoints import fail_point
 from pipeline.loggers import Loggers, require_packages
 from pipeline.model import GPT
@@ -34,10 +35,10 @@ from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
 from train.init_from import find_source, load_weights
-from train.loader import StepBatch, TrainLoader, document_layout
-from train.prefetch import Prefetcher
+from train.loader import StepBatch, TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
 from train.precision import set_tf32
+from train.prefetch import Prefetcher
 from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
