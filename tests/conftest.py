@@ -83,7 +83,8 @@ def pytest_configure(config):
         # Under xdist the controller collects nothing, so it never loads tests/faults/conftest.py;
         # register it here so the workers' fault ledgers are merged and printed once.
         import faults.conftest
-        config.pluginmanager.register(faults.conftest, "fault-ledger")
+        if not config.pluginmanager.is_registered(faults.conftest):  # not loaded as an initial conftest
+            config.pluginmanager.register(faults.conftest, "fault-ledger")
     problem = real_data_problem()
     if _is_ci() and problem and not hasattr(config, "workerinput"):
         raise pytest.UsageError(f"CI=true but the real test data is not there: {problem}")
