@@ -92,8 +92,8 @@ def pytest_configure(config):
 
 # Whole files that are slow by nature: the Slurm cluster, the fault sweeps (each injects a
 # fault kind dozens of times). Single slow tests carry @pytest.mark.slow themselves.
-SLOW_PATHS = ("tests/test_slurm.py", "tests/faults/")
-SYSTEM_PATHS = ("tests/test_slurm.py", "tests/faults/test_faults_disk_full.py")
+SLOW_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/")
+SYSTEM_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/test_faults_disk_full.py")
 
 
 def pytest_collection_modifyitems(items):

