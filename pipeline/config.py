@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -37,6 +39,18 @@ class ModelConfig:
     pad_vocab_to: int = 64  # 50257 -> 50304: a multiple of 64 makes the lm_head matmul faster
     bias: bool = True
     activation_checkpointing: bool = False
+    # Modern options (pipeline/layers.py), all off = GPT-2. arch is a preset: "modern" sets
+    # the keys below to MODEL_ARCHS["modern"] first, then keys given beside it apply, so
+    # `arch = "modern"` plus `qk_norm = false` is the modern set without QK-norm.
+    arch: str = "gpt2"  # gpt2 | modern
+    pos_emb: str = "learned"  # learned (GPT-2) | rope | sinusoidal
+    rope_base: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    qk_norm: bool = False
+    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) | relu2
+    tie_embeddings: bool = True  # lm_head shares wte's weight (GPT-2)
+    zero_init: bool = False  # residual projections (and an untied lm_head) start at zero
+    logit_softcap: float = 0.0  # cap * tanh(logits / cap); 0 = off
 
     @property
     def padded_vocab_size(self) -> int:
@@ -48,6 +62,36 @@ class ModelConfig:
             _require(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "must be > 0")
         _require(self.n_embd % self.n_head == 0, "model.n_embd", self.n_embd,
                  f"must be divisible by model.n_head = {self.n_head}")
+        for name, allowed in (("arch", MODEL_ARCHS), ("pos_emb", ("learned", "rope", "sinusoidal")),
+                              ("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu2"))):
+            _require(getattr(self, name) in allowed, f"model.{name}", getattr(self, name),
+                     f"must be one of {', '.join(allowed)}")
+        if self.pos_emb == "rope":
+            _require((self.n_embd // self.n_head) % 2 == 0, "model.pos_emb", self.pos_emb,
+                     f"rotary embeddings need an even head size (n_embd / n_head = {self.n_embd // self.n_head})")
+        if self.pos_emb == "sinusoidal":
+            _require(self.n_embd % 2 == 0, "model.pos_emb", self.pos_emb, "sinusoidal needs an even model.n_embd")
+        _require(self.rope_base > 0, "model.rope_base", self.rope_base, "must be > 0")
+        _require(self.logit_softcap >= 0, "model.logit_softcap", self.logit_softcap, "must be >= 0 (0 = off)")
+
+    def gpt2_incompatible(self) -> list[str]:
+        """The settings GPT-2's architecture (and so its HF format) cannot express."""
+        return [f"model.{k} = {getattr(self, k)!r}" for k, v in MODEL_ARCHS["gpt2"].items()
+                if k != "bias" and getattr(self, k) != v]
+
+
+# The presets model.arch names. "modern" is the speedrun's set (modded-nanogpt's README:
+# "Rotary embeddings, QK-Norm, and ReLU^2", "Untied head from embedding", "Projection and
+# classification layers initialized to zero", "Logit softcapping (following Gemma 2)"; its
+# models have no biases; cap 30 as in its 11/2024 records, later 15), with RMSNorm.
+MODEL_ARCHS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(pos_emb="learned", norm="layernorm", qk_norm=False, mlp="gelu", tie_embeddings=True,
+                 zero_init=False, logit_softcap=0.0, bias=True),
+    "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False,
+                   zero_init=True, logit_softcap=30.0, bias=False),
+}
+MODERN_KEYS = ("arch", "pos_emb", "rope_base", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init",
+               "logit_softcap")
 
 
 @dataclass
@@ -55,9 +99,15 @@ class DataConfig:
     dir: str = "data/fineweb-edu-10B"  # shards + manifest.json written by data_prep
     shuffle: bool = True  # per-epoch shard-order and sequence-order shuffling (train split only)
     seed: int = 1337
+    # Packed sequences hold several documents. "across": attend across their boundaries (GPT-2
+    # pretraining); "within": each token sees only its own document, positions restart at each;
+    # "auto": within for prompt/response shards (data_prep.sft, they carry loss masks), else across.
+    document_attention: str = "auto"
 
     def validate(self) -> None:
         _require(bool(self.dir), "data.dir", self.dir, "must name the shard directory")
+        _require(self.document_attention in ("auto", "across", "within"), "data.document_attention",
+                 self.document_attention, "must be one of auto, across, within")
         _require(self.seed >= 0, "data.seed", self.seed, "must be >= 0")
 
 
@@ -72,6 +122,18 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
     fused: str = "auto"  # auto | true | false
+    # "muon": torch.optim.Muon for the blocks' 2-D weight matrices, AdamW (max_lr, betas,
+    # weight_decay above) for embeddings, head and 1-D parameters. See pipeline/optimizer.py.
+    name: str = "adamw"  # adamw | muon
+    muon_lr: float = 0.05  # Muon's peak lr (the schedule scales it like max_lr)
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    embed_lr: float = 0.0  # AdamW lr of the token (and position) embeddings when name = muon; 0 = max_lr
+    head_lr: float = 0.0  # AdamW lr of an untied lm_head when name = muon; 0 = max_lr
+    # cosine: warmup, half cosine to min_lr (GPT-3). trapezoid: warmup, flat, then a linear
+    # cooldown to min_lr over the last cooldown_frac of the steps (the speedrun's schedule).
+    schedule: str = "cosine"  # cosine | trapezoid
+    cooldown_frac: float = 0.4
 
     def validate(self) -> None:
         _require(self.max_lr > 0, "optim.max_lr", self.max_lr, "must be > 0")
@@ -85,6 +147,17 @@ class OptimConfig:
         _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 = off)")
         _require(self.fused in ("auto", "true", "false"), "optim.fused", self.fused,
                  "must be one of auto, true, false")
+        _require(self.name in ("adamw", "muon"), "optim.name", self.name, "must be one of adamw, muon")
+        _require(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "must be > 0")
+        _require(0 <= self.muon_momentum < 1, "optim.muon_momentum", self.muon_momentum, "must be in [0, 1)")
+        for name in ("muon_weight_decay", "embed_lr", "head_lr"):
+            _require(getattr(self, name) >= 0, f"optim.{name}", getattr(self, name), "must be >= 0")
+        _require(self.schedule in ("cosine", "trapezoid"), "optim.schedule", self.schedule,
+                 "must be one of cosine, trapezoid")
+        _require(0 <= self.cooldown_frac <= 1, "optim.cooldown_frac", self.cooldown_frac, "must be in [0, 1]")
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metrics sinks (pipeline/loggers.py)
 
 
 @dataclass
@@ -105,6 +178,19 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     target_loss: float = 0.0  # stop once train loss <= target (0 = off)
     peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+    # How long a rank waits in a collective before the process group gives up. NCCL's own
+    # default (10 min) is shorter than the slowest checkpoint write of the largest preset:
+    # GPT-2 XL saves 6.2 GB of weights + 12.5 GB of AdamW moments = 18.7 GB, which rank 0
+    # writes, fsyncs and re-reads for its sha256 while every other rank waits in the next
+    # collective. On a contended shared filesystem at 25 MB/s that is ~750 s writing plus the
+    # hash; 1800 s keeps a 2x margin. A genuinely hung rank is then noticed within 30 min.
+    dist_timeout_s: float = 1800.0
+    # Start from these weights instead of a random init (fresh optimizer, step 0): a Hugging Face
+    # GPT-2 directory or cached hub name, or a checkpoint / run directory. See train/init_from.py.
+    init_from: str = ""
+    # Metrics sinks on rank 0: jsonl (metrics.jsonl, always written), tensorboard, wandb
+    # (optional extras; see pipeline/loggers.py). On the command line: --train.loggers=jsonl,wandb
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
@@ -114,10 +200,13 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
         _require(self.target_loss >= 0, "train.target_loss", self.target_loss, "must be >= 0")
         _require(self.peak_tflops >= 0, "train.peak_tflops", self.peak_tflops, "must be >= 0")
+        _require(self.dist_timeout_s > 0, "train.dist_timeout_s", self.dist_timeout_s, "must be > 0 (seconds)")
         _require(self.device in ("auto", "cuda", "mps", "cpu"), "train.device", self.device,
                  "must be one of auto, cuda, mps, cpu")
         _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,
                  "must be one of auto, bfloat16, float32")
+        _require(all(n in LOGGERS for n in self.loggers), "train.loggers",
+                 self.loggers, f"each must be one of {', '.join(LOGGERS)}")
 
 
 @dataclass
@@ -162,7 +251,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        return to_toml(self.to_dict())
+        return tomli_w.dumps(self.to_dict())
 
     def model_hash(self) -> str:
         """Fingerprint of everything that fixes the parameter shapes (checked on resume).
@@ -170,7 +259,11 @@ class Config:
         activation_checkpointing is left out: it trades memory for compute without
         changing a single weight, so a run may resume with it switched on or off.
         """
-        shapes = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "activation_checkpointing"}
+        defaults = dataclasses.asdict(ModelConfig())
+        # The modern options are left out at their (GPT-2) defaults, so GPT-2 runs keep the
+        # fingerprint they had before the options existed.
+        shapes = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "activation_checkpointing"
+                  and not (k in MODERN_KEYS and v == defaults[k])}
         return hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -204,6 +297,9 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
     elif typ == "str":
         if isinstance(value, str):
             return value
+    elif typ == "list[str]":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise ConfigError(f"{key} = {value!r}: expected {typ}, got {type(value).__name__}")
 
 
@@ -221,6 +317,8 @@ def _parse_cli_value(key: str, text: str, typ: str) -> Any:
             return int(text.replace("_", ""))
         if typ == "float":
             number = float(text)
+        if typ == "list[str]":  # comma-separated
+            return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
     return _coerce(key, number, typ) if typ == "float" else text
@@ -245,6 +343,11 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
         current = getattr(cfg, section)
         types = {f.name: f.type for f in fields(current)}
         updates = {}
+        if section == "model" and "arch" in values:
+            arch = _coerce("model.arch", values["arch"], "str")
+            if arch not in MODEL_ARCHS:
+                raise ConfigError(f"model.arch = {arch!r}: must be one of {', '.join(MODEL_ARCHS)}")
+            updates.update(MODEL_ARCHS[arch])  # the preset first; keys given beside it win
         for key, value in values.items():
             dotted = f"{section}.{key}"
             if key not in types:
@@ -299,30 +402,6 @@ def resolve(config_path: str | Path | None, overrides: list[str]) -> Config:
     """The one way stages build a config: defaults <- TOML file <- overrides, then validate."""
     cfg = load_toml(config_path) if config_path else Config()
     return apply_overrides(cfg, overrides).validate()
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        # JSON's escapes are valid TOML basic strings, except its \ud83d\ude00 surrogate pairs
-        # (hence ensure_ascii=False: the text is UTF-8) and a raw DEL, which TOML forbids.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
-def to_toml(data: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 # Model presets: the four published GPT-2 sizes (vocab 50257, block 1024).

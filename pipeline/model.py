@@ -1,5 +1,10 @@
 """GPT-2, exactly: learned positions, pre-LayerNorm blocks, tied lm_head.
 
+With ModelConfig's modern options (all off by default) the same classes build the
+speedrun-style model instead: rotary or sinusoidal positions, RMSNorm, QK-norm, ReLU^2,
+an untied zero-initialised head, zero-initialised residual projections, logit soft-capping;
+the layers themselves live in pipeline/layers.py.
+
 The model knows nothing about distributed training, files or devices; the trainer,
 the evaluator and the HF interop (pipeline/hf.py) wrap it.
 """
@@ -15,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.chunked_loss import linear_cross_entropy
 from pipeline.config import ModelConfig
+from pipeline.layers import ReLU2, Rotary, apply_rotary, head_norm, make_norm, sinusoidal, softcap
 
 # A per-layer (key, value) cache, each of shape (B, n_head, T_so_far, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]
@@ -24,15 +30,21 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.qk_norm = cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scaled = True
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = head_norm(q), head_norm(k)
+        if rope is not None:  # rotate by position before caching: cached keys keep their own
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             past = cache[layer]
             if past is not None:
@@ -52,7 +64,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        # GPT-2 used GELU's tanh approximation; the attribute keeps its name for old pickles' sake.
+        self.gelu = ReLU2() if cfg.mlp == "relu2" else nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scaled = True
 
@@ -63,14 +76,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+                mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -79,22 +93,25 @@ class GPT(nn.Module):
         super().__init__()
         cfg.validate()
         self.config = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-            ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
-        ))
+        modules = dict(wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd))
+        if cfg.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules["h"] = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        modules["ln_f"] = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.transformer = nn.ModuleDict(modules)
+        self.rotary = Rotary(cfg.n_embd // cfg.n_head, cfg.rope_base) if cfg.pos_emb == "rope" else None
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.apply(self._init_weights)
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str) -> "GPT":
-        """GPT-2 weights in Hugging Face format (a directory, or a hub name already in the
-        local HF cache); see pipeline/hf.py. Imported lazily: the model file does no I/O."""
-        from pipeline.hf import load_hf_gpt2
-        return load_hf_gpt2(name_or_dir)
+        if cfg.zero_init:
+            # The speedrun's muP-like start: every block begins as the identity map and the
+            # output as the uniform distribution; Muon's updates do not depend on the weights'
+            # scale, so they leave zero at once. Never the head when it is the embedding.
+            zeroed = [m for m in self.modules() if getattr(m, "residual_scaled", False)]
+            zeroed += [] if cfg.tie_embeddings else [self.lm_head]
+            for module in zeroed:
+                nn.init.zeros_(module.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -112,13 +129,16 @@ class GPT(nn.Module):
         """Parameter count as published (tied embedding counted once, vocab 50257)."""
         n = sum(p.numel() for p in self.parameters())
         if not include_padding:
-            n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+            copies = 1 if self.config.tie_embeddings else 2  # wte and an untied lm_head
+            n -= copies * (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
         c = self.config
-        n = self.num_params(include_padding=True) - self.transformer.wpe.weight.numel()
+        n = self.num_params(include_padding=True)
+        if "wpe" in self.transformer:  # a lookup, not a matmul
+            n -= self.transformer.wpe.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_embd * seq_len
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0, *,
@@ -137,12 +157,12 @@ class GPT(nn.Module):
             raise ValueError(f"position {int(position_ids.max())} exceeds block_size {self.config.block_size}")
         past = cache[0][0].size(2) if cache is not None and cache[0] is not None else 0
         mask = self.attention_mask(T, past, segment_ids, idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)
+        x, rope = self.embed(idx, position_ids)
         for i, block in enumerate(self.transformer.h):
             if self.config.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, None, i, mask, use_reentrant=False)
+                x = checkpoint(block, x, None, i, mask, rope, use_reentrant=False)
             else:
-                x = block(x, cache, i, mask)
+                x = block(x, cache, i, mask, rope)
         return self.transformer.ln_f(x)
 
     @staticmethod
@@ -168,7 +188,13 @@ class GPT(nn.Module):
 
     def loss_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the output layer over hidden states (targets -1 ignored),
-        computed in chunks so the full logits never exist (pipeline/chunked_loss.py)."""
+        computed in chunks so the full logits never exist (pipeline/chunked_loss.py).
+        A soft-capped head (model.logit_softcap) takes the plain path through full logits."""
+        if self.config.logit_softcap > 0:
+            logits = self.output_logits(hidden).float()
+            flat = targets.reshape(-1)
+            return (F.cross_entropy(logits.view(-1, logits.size(-1)), flat, ignore_index=-1, reduction="sum")
+                    / (flat != -1).sum().clamp(min=1))
         return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.vocab_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
@@ -188,7 +214,14 @@ class GPT(nn.Module):
         x = self.hidden_states(idx, cache, start_pos, position_ids=position_ids, segment_ids=segment_ids)
         if targets is not None:
             return None, self.loss_from_hidden(x, targets)
+        return self.output_logits(x), None
+
+    def output_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states -> logits over the padded vocab: the head, the soft-cap if set, the
+        padding columns masked. Anything that scores from hidden_states() goes through here."""
         logits = self.lm_head(x)
+        if self.config.logit_softcap > 0:
+            logits = softcap(logits, self.config.logit_softcap)
         if self.config.padded_vocab_size > self.config.vocab_size:
             # The padding columns are not tokens. Without this they would take probability
             # mass in every softmax: the loss would not be the 50257-way cross-entropy, and
@@ -197,7 +230,16 @@ class GPT(nn.Module):
             # (the matmul does not save its output); finfo.min rather than -inf keeps
             # downstream arithmetic such as p * log p free of nan.
             logits[..., self.config.vocab_size:] = torch.finfo(logits.dtype).min
-        return logits, None
+        return logits
+
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor):
+        """(token + absolute position embedding, rotary cos/sin or None) for positions pos."""
+        x = self.transformer.wte(idx)
+        if self.config.pos_emb == "learned":
+            return x + self.transformer.wpe(pos), None
+        if self.config.pos_emb == "sinusoidal":
+            return x + sinusoidal(pos, self.config.n_embd).to(x.dtype), None
+        return x, self.rotary(pos)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -162,7 +162,7 @@ def score_requests(model: torch.nn.Module, requests: list[Request], device: torc
             hidden, flat = _batch(model, [plans[i] for i in ids], device, autocast)
             rows = [first_row[i] + j for i in ids for j in range(len(plans[i].seqs))]
             targets = [plans[i].seqs[j][plans[i].starts[j]:] for i in ids for j in range(len(plans[i].seqs))]
-            out[rows] = _score_positions(hidden, flat, targets, head, buf)
+            out[rows] = _score_positions(hidden, flat, targets, head, buf, model.config.logit_softcap)
         if progress is not None and rank == 0:
             progress(len(batches[b]))
     model.train(was_training)
@@ -173,7 +173,7 @@ def score_requests(model: torch.nn.Module, requests: list[Request], device: torc
 
 
 def _score_positions(hidden: torch.Tensor, flat: list[list[int]], targets: list[list[int]],
-                     head: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+                     head: torch.Tensor, buf: torch.Tensor, softcap: float = 0.0) -> torch.Tensor:
     """(rows, 3) [summed loss, tokens, greedy-exact] from the hidden states at the sources."""
     device = hidden.device
     src = torch.tensor([i for row in flat for i in row], dtype=torch.long, device=device)
@@ -192,6 +192,8 @@ def _score_positions(hidden: torch.Tensor, flat: list[list[int]], targets: list[
         # In place in one reused buffer: F.linear + cross_entropy would allocate two fresh
         # (rows x 50257) arrays per chunk, and on CPU their page faults cost as much as the math.
         torch.mm(hidden[unique[lo:hi]], head.t(), out=logits)
+        if softcap > 0:  # the modern head's cap * tanh(logits / cap), as GPT.output_logits applies it
+            logits.div_(softcap).tanh_().mul_(softcap)
         mine = order[(inverse[order] >= lo) & (inverse[order] < hi)]
         target_logit[mine] = logits[inverse[mine] - lo, tgt[mine]].double()
         top, best[lo:hi] = logits.max(dim=1)

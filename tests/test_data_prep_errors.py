@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TEXT_DIR, run_module
+from conftest import CP1252_FILES, TEXT_FILES, run_module
 from data_prep import fineweb, shard_writer
 from data_prep.output import output_lock
 from data_prep_fixtures import corpus, dir_bytes, read_shards, reference_stream, write_jsonl
@@ -19,7 +19,7 @@ from pipeline.failpoints import armed
 from pipeline.shards import load_shard_set, open_shard
 
 SHARD = 20_000
-LATIN1_FILE = TEXT_DIR / "gutenberg" / "chesterton-ball.txt"  # cp1252 bytes, per shared/data/README.md
+LATIN1_FILE = CP1252_FILES[0]  # cp1252 bytes, not valid UTF-8 (tests/generated_data.py)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_non_utf8_text_strict_error_names_file_and_byte(tmp_path):
 
 @pytest.mark.parametrize("policy", ["cp1252", "replace"])
 def test_non_utf8_text_policies_keep_every_document(tmp_path, capsys, policy):
-    files = [TEXT_DIR / "gutenberg" / "blake-poems.txt", LATIN1_FILE, TEXT_DIR / "inaugural" / "2005-Bush.txt"]
+    files = [TEXT_FILES[2], LATIN1_FILE, CP1252_FILES[1]]
     assert prep(files, tmp_path, "--encoding-errors", policy) == 0
     err = capsys.readouterr().err
     assert f"{LATIN1_FILE}: not valid UTF-8" in err and str(files[2]) in err and str(files[0]) not in err

@@ -18,13 +18,12 @@ import uuid
 
 import pytest
 
-from conftest import REPO, TEXT_DIR, run_module, subprocess_env
+from conftest import REPO, TEXT_FILES as PROSE, run_module, subprocess_env
 from data_prep import fineweb
 from data_prep_fixtures import corpus, dir_bytes, write_jsonl, write_parquet
 
 SHARD = 20_000  # ~10 shards from a small corpus keeps the many runs below fast
-TEXT_FILES = [TEXT_DIR / "gutenberg" / "blake-poems.txt", TEXT_DIR / "gutenberg" / "shakespeare-macbeth.txt",
-              TEXT_DIR / "inaugural" / "1789-Washington.txt"]
+TEXT_FILES = [PROSE[2], PROSE[3], PROSE[7], PROSE[0]]  # 30, 90, 90 and 6 kB: ~50k tokens
 
 
 class Small:

@@ -11,7 +11,7 @@ from conftest import HELLASWAG_VAL, run_torchrun
 from eval.__main__ import main
 
 # An odd count, so the ranks get different numbers of examples (31 and 30).
-ARGS = ["--hellaswag", str(HELLASWAG_VAL), "--limit", "61", "--batch-size", "16", "--no-report"]
+ARGS = ["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "61", "--batch-size", "16", "--no-report"]
 
 
 def test_two_ranks_give_the_same_counts_and_val_loss_as_one_process(tmp_path):

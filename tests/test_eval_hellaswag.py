@@ -1,4 +1,5 @@
-"""pipeline/hellaswag.py on the real validation file: loading, rendering, scoring."""
+"""pipeline/hellaswag.py: loading, rendering, scoring on generated rows in the validation file's
+format; the canonical hash, row count and first row on the real file (`real_data`)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,16 @@ def model():
     return tiny_model(tiny_config(), seed=0)
 
 
-def test_real_file_has_the_canonical_hash_and_row_count():
-    assert verify_hellaswag(HELLASWAG_VAL) == HELLASWAG_VAL_SHA256
-    assert sum(1 for _ in open(HELLASWAG_VAL)) == HELLASWAG_VAL_ROWS
+def test_real_file_has_the_canonical_hash_row_count_and_first_row(real_data, monkeypatch):
+    path = real_data / "hellaswag" / "hellaswag_val.jsonl"
+    assert verify_hellaswag(path) == HELLASWAG_VAL_SHA256
+    assert sum(1 for _ in open(path)) == HELLASWAG_VAL_ROWS
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+    enc = tiktoken.get_encoding("gpt2")
+    first = load_hellaswag(path, limit=1)[0]
+    # the first row, spelled out: the ending's leading space is part of its first token
+    assert enc.decode(list(first.endings[3])) == " starts pulling up roofing on a roof."
+    assert first.endings[3][0] == enc.encode(" starts")[0] and first.label == 3
 
 
 def test_rendering_matches_an_independent_tiktoken_encoding(examples, monkeypatch):
@@ -43,16 +51,15 @@ def test_rendering_matches_an_independent_tiktoken_encoding(examples, monkeypatc
         assert list(ex.ctx) == enc.encode(row["ctx"])
         assert [list(e) for e in ex.endings] == [enc.encode(" " + e) for e in row["endings"]]
         assert ex.label == row["label"]
-    # the first row, spelled out: the ending's leading space is part of its first token
-    assert enc.decode(list(examples[0].endings[3])) == " starts pulling up roofing on a roof."
-    assert examples[0].endings[3][0] == enc.encode(" starts")[0]
+        # the ending's leading space is part of its first token
+        assert [enc.decode(list(e)) for e in ex.endings] == [" " + e for e in row["endings"]]
 
 
 def test_limit_and_data_hash_cover_exactly_the_rows_evaluated(examples):
     assert len(examples) == 500 and examples[499].line == 500
     first = b"".join(open(HELLASWAG_VAL, "rb").readlines()[:500])
     assert hellaswag_sha256(HELLASWAG_VAL, limit=500) == hashlib.sha256(first).hexdigest()
-    assert hellaswag_sha256(HELLASWAG_VAL) == HELLASWAG_VAL_SHA256
+    assert hellaswag_sha256(HELLASWAG_VAL) == hashlib.sha256(HELLASWAG_VAL.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("mutate, message", [

@@ -112,7 +112,7 @@ def test_too_many_non_finite_steps_stop_with_exit_4_keeping_the_last_good_checkp
     assert max(r["step"] for r in train_rows(run)) == 5
 
 
-def test_in_loop_hellaswag_uses_the_shared_scorer(config, tmp_path):
+def test_in_loop_hellaswag_uses_the_shared_scorer(config, tmp_path, hellaswag_pinned_to_generated):
     pytest.importorskip("pipeline.hellaswag", reason="pipeline/hellaswag.py (eval helper) is not in this branch yet")
     from conftest import HELLASWAG_VAL
     run = tmp_path / "run"

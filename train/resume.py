@@ -10,6 +10,7 @@ restores the ranks that existed and leaves the others as seeded.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import CheckpointError, latest_checkpoint, resolve_checkpoint
-from pipeline.config import Config
+from pipeline.config import Config, ModelConfig
 
 # Model keys that do not change parameter shapes: allowed to differ on resume.
 SHAPE_NEUTRAL_KEYS = {"activation_checkpointing"}
@@ -78,11 +79,22 @@ def check_model_shape(state: dict, cfg: Config, path: Path) -> None:
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: train_state.json has no config.model record")
     ours = cfg.to_dict()["model"]
-    diffs = [f"model.{k} = {saved.get(k)!r} in the checkpoint, {ours[k]!r} now"
-             for k in ours if k not in SHAPE_NEUTRAL_KEYS and saved.get(k) != ours[k]]
+    # A key the checkpoint lacks was added later; its default is what that run used.
+    defaults = dataclasses.asdict(ModelConfig())
+    diffs = [f"model.{k} = {saved.get(k, defaults[k])!r} in the checkpoint, {ours[k]!r} now"
+             for k in ours if k not in SHAPE_NEUTRAL_KEYS and saved.get(k, defaults[k]) != ours[k]]
     if diffs:
         raise CheckpointError(f"{path}: the config changes the model shape ({'; '.join(diffs)}); "
                               "resume with the checkpoint's model settings or use a new --run-dir")
+
+
+def check_optimizer_name(state: dict, cfg: Config, path: Path) -> None:
+    """AdamW state cannot seed Muon + AdamW or the reverse: refuse, naming the key."""
+    saved = ((state.get("config") or {}).get("optim") or {}).get("name", "adamw")
+    if saved != cfg.optim.name:
+        raise CheckpointError(f"{path}: optim.name = {saved!r} in the checkpoint, {cfg.optim.name!r} now; its "
+                              "optimizer state does not carry over: resume with the checkpoint's optim.name "
+                              "or use a new --run-dir")
 
 
 def config_changes(state: dict, cfg: Config) -> list[str]:

@@ -44,7 +44,8 @@ def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
     Linear warmup from max_lr/warmup to max_lr over warmup_steps (the first update does
     not use lr 0, which would waste a step), then a half cosine from max_lr down to
     min_lr = min_lr_ratio * max_lr at max_steps, flat afterwards (GPT-3 paper, Table 2.1
-    plus Appendix B, as in build-nanogpt).
+    plus Appendix B, as in build-nanogpt). optim.schedule = "trapezoid" replaces the cosine
+    with a flat stretch and a linear cooldown.
     """
     max_lr = optim.max_lr
     min_lr = optim.max_lr * optim.min_lr_ratio
@@ -52,5 +53,13 @@ def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
         return max_lr * (step + 1) / optim.warmup_steps
     if step >= max_steps:
         return min_lr
+    if optim.schedule == "trapezoid":
+        # Warmup-stable-decay as in modded-nanogpt: flat at max_lr, then linear to min_lr
+        # over the last cooldown_frac of the run (ending exactly at max_steps).
+        cooldown = max(1, round(optim.cooldown_frac * max_steps))
+        left = max_steps - step
+        if left >= cooldown:
+            return max_lr
+        return min_lr + (max_lr - min_lr) * left / cooldown
     progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
