@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test test-quick test-data demo clean-venv
 
 # --no-compile: byte-compiling every file of torch/transformers/pandas dominated the
 # install time on a 2-core machine (measured 319 s -> 129 s); Python compiles the few
@@ -20,8 +20,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Everything, as CI runs it. Tests that need the real files (HellaSwag val, tinyshakespeare)
+# run when GPT2_PIPELINE_TEST_DATA, ../shared/data or .test-data/real has them (make test-data),
+# else they skip and the session says how many; with CI=true they are required.
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Day to day (a few minutes): no Slurm, no fault sweeps, nothing over ~20 s (the `slow` marker).
+test-quick: setup
+	$(PY) -m pytest -q -m "not slow and not system" $(PYTEST_ARGS)
+
+# Optional, needs internet: the real files into .test-data/real (gitignored), sha256-checked.
+test-data: setup
+	$(PY) tests/download_real_data.py $(TEST_DATA_ARGS)
 
 demo: setup
 	$(PY) -m pipeline demo $(DEMO_ARGS)

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 from data_prep import DataPrepError, OneLineParser
-from data_prep.crash_points import crash_point
-from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, resolve_hub_files
+from pipeline.failpoints import fail_point
+from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, check_pinned_revision, resolve_hub_files
 from data_prep.output import open_output, output_lock
 from data_prep.progress import Progress, peak_rss_mb
+from data_prep.retry import RetryPolicy
 from data_prep.shard_writer import ShardWriter
 from data_prep.sources import (ENCODING_POLICIES, Position, SourceFile, expand_globs, kind_of, read_ahead,
                                read_chunks)
@@ -71,6 +72,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=_count, default=None, help="stop after N tokens (last shard partial)")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+    hub = p.add_argument_group("hub reads", "transient failures (resets, timeouts, 429, 5xx) are retried with "
+                                            "exponential backoff and jitter; 401/403/404 stop at once")
+    defaults = RetryPolicy()
+    hub.add_argument("--hub-retries", type=int, default=defaults.attempts - 1,
+                     help="retries per request before giving up (default %(default)s)")
+    hub.add_argument("--hub-retry-seconds", type=_seconds, default=defaults.max_seconds,
+                     help="give up on a request this long after it first failed (default %(default)s)")
+    hub.add_argument("--hub-backoff", type=_seconds, default=defaults.backoff,
+                     help="first wait between tries, doubled per retry (default %(default)s)")
+    hub.add_argument("--hub-max-backoff", type=_seconds, default=defaults.max_backoff,
+                     help="longest wait between tries, unless Retry-After asks for more (default %(default)s)")
+    hub.add_argument("--hub-timeout", type=_seconds, default=defaults.timeout,
+                     help="seconds a request may wait for data before it is retried (default %(default)s)")
+    hub.add_argument("--allow-revision-change", action="store_true",
+                     help="resume even though --revision now points to another commit than the one the "
+                          "manifest pinned (the rest of the documents come from the new commit)")
     args = p.parse_args(argv)
     if args.out is None:
         if args.files:
@@ -78,11 +95,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.out = DEFAULT_OUT
     if args.workers < 0:
         p.error("--workers must be >= 0")
+    if args.hub_retries < 0:
+        p.error("--hub-retries must be >= 0")
+    if args.hub_timeout <= 0:
+        p.error("--hub-timeout must be > 0")
+    args.retry = RetryPolicy(attempts=args.hub_retries + 1, max_seconds=args.hub_retry_seconds,
+                             backoff=args.hub_backoff, max_backoff=args.hub_max_backoff, timeout=args.hub_timeout)
     return args
 
 
-class Stopped(Exception):
-    """SIGTERM (Slurm preemption, time limit): stop like Ctrl-C, letting a shard write finish."""
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+class Stopped(BaseException):
+    """SIGTERM (Slurm preemption, time limit): stop like Ctrl-C, letting a shard write finish.
+    A BaseException like KeyboardInterrupt, so no `except Exception` on the way (ours, the
+    hub client's, `datasets`' fallbacks) can swallow it or report it as something else."""
 
 
 def _stop(signum, frame):
@@ -120,9 +155,14 @@ def describe_source(args) -> tuple[dict, Callable[[], dict | None]]:
               "revision": args.revision, **common}
 
     def resolve() -> dict:
-        commit, files = resolve_hub_files(args.dataset, args.name, args.split, args.revision)
+        commit, files = resolve_hub_files(args.dataset, args.name, args.split, args.revision, args.retry,
+                                          _note)
         return {"commit": commit, "files": [f.path for f in files]}
     return source, resolve
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def source_files(source: dict) -> list[SourceFile]:
@@ -149,6 +189,8 @@ def _run_locked(args, out: Path, fresh: dict, resolve) -> int:
         print(f"{out}: already complete ({len(shards)} shards, {total:,} tokens); nothing to do "
               "(use --overwrite to rebuild)")
         return 0
+    if shards and manifest["source"]["kind"] == "hub":
+        check_pinned_revision(out, manifest, args.revision, args.allow_revision_change, args.retry, _note)
     files = source_files(manifest["source"])
     start = Position(**shards[-1]["end"]) if shards else Position()
     writer = ShardWriter(out, manifest, args.shard_size, args.max_tokens)
@@ -158,8 +200,8 @@ def _run_locked(args, out: Path, fresh: dict, resolve) -> int:
     with TokenizerPool(args.workers) as pool:
         progress = Progress(args.max_tokens, writer.previous_tokens, enabled=not args.no_progress)
         try:
-            chunks = read_ahead(read_chunks(files, start, args.text_column, args.encoding_errors, progress.note),
-                                depth=pool.window)
+            chunks = read_ahead(read_chunks(files, start, args.text_column, args.encoding_errors, progress.note,
+                                            retry=args.retry), depth=pool.window)
             results = pool.map(chunks, [f.path for f in files]) if not writer.done else iter(())
             skip = start.tokens  # tokens of the first document already in the last complete shard
             for chunk, tokens, lengths in results:
@@ -168,7 +210,7 @@ def _run_locked(args, out: Path, fresh: dict, resolve) -> int:
                 skip = 0
                 progress.update(writer.tokens - before[0], writer.documents - before[1], chunk.nbytes,
                                 writer.next_index)
-                crash_point("chunk")
+                fail_point("data_prep.chunk")
                 if writer.done:
                     break
             writer.finish()

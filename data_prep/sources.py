@@ -24,12 +24,15 @@ import gzip
 import json
 import os
 import queue
+import random
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from data_prep import DataPrepError
+from data_prep.retry import RetriesExhausted, RetryPolicy, describe, is_transient, status_of
 
 ENCODING_POLICIES = ("strict", "cp1252", "replace")
 Warn = Callable[[str], None]
@@ -87,7 +90,8 @@ def expand_globs(patterns: list[str]) -> list[SourceFile]:
 
 
 def read_chunks(files: list[SourceFile], start: Position, text_column: str, encoding_errors: str,
-                warn: Warn, target_bytes: int = 1 << 18, max_docs: int = 4096) -> Iterator[Chunk]:
+                warn: Warn, target_bytes: int = 1 << 18, max_docs: int = 4096,
+                retry: RetryPolicy | None = None) -> Iterator[Chunk]:
     """Documents from `start` on, grouped into chunks of about target_bytes of text.
 
     Chunks never span files. Chunk size only affects scheduling, never the output: shard
@@ -98,7 +102,7 @@ def read_chunks(files: list[SourceFile], start: Position, text_column: str, enco
     for index in range(start.file, len(files)):
         first = start.row if index == start.file else 0
         rows, texts, nbytes = [], [], 0
-        for row, text, size in read_documents(files[index], first, text_column, encoding_errors, warn):
+        for row, text, size in read_documents(files[index], first, text_column, encoding_errors, warn, retry):
             if expect is not None:
                 if row != expect:
                     break
@@ -117,44 +121,79 @@ def read_chunks(files: list[SourceFile], start: Position, text_column: str, enco
 
 
 def read_documents(source: SourceFile, start_row: int, text_column: str, encoding_errors: str,
-                   warn: Warn) -> Iterator[tuple[int, str, int]]:
+                   warn: Warn, retry: RetryPolicy | None = None) -> Iterator[tuple[int, str, int]]:
     """(row, text, utf-8 byte size) for each document of one file, from start_row on."""
     if source.kind == "parquet":
-        return _read_parquet(source.path, start_row, text_column)
+        return _read_parquet(source.path, start_row, text_column, retry or RetryPolicy(), warn)
     if source.kind == "jsonl":
         return _read_jsonl(source.path, start_row, text_column, encoding_errors, warn)
     return _read_txt(source.path, start_row, encoding_errors, warn)
 
 
-def _read_parquet(path: str, start_row: int, column: str) -> Iterator[tuple[int, str, int]]:
+def _read_parquet(path: str, start_row: int, column: str, retry: RetryPolicy,
+                  warn: Warn) -> Iterator[tuple[int, str, int]]:
+    """The rows of one parquet file. A hub file that fails mid-way (the request-level retries
+    spent, or bytes that do not decode: a body garbled in transit) is re-opened and read on
+    from the next row not yet yielded, whole row groups before it skipped via the footer, with
+    backoff, up to retry.attempts times; a local file's errors are final."""
     import pyarrow as pa
+
+    remote = "://" in path
+    row, failures, first = start_row, 0, None
+    while True:
+        try:
+            for row_, text, size in _parquet_rows(path, row, column, retry, warn):
+                yield row_, text, size
+                row = row_ + 1
+            return
+        except (pa.ArrowException, OSError, EOFError, RetriesExhausted) as err:
+            status = status_of(err)
+            permanent = status is not None and not is_transient(err)
+            failures += 1
+            first = first or time.monotonic()
+            wait = min(retry.max_backoff, retry.backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+            if (not remote or permanent or failures >= retry.attempts
+                    or time.monotonic() - first + wait > retry.max_seconds):
+                raise DataPrepError(_parquet_error(path, row, err, remote)) from None
+            warn(f"retry {failures}/{retry.attempts - 1} in {wait:.1f} s: {path}: re-opening at row {row} "
+                 f"after {describe(err)}")
+            time.sleep(wait)
+
+
+def _parquet_error(path: str, row: int, err: BaseException, remote: bool) -> str:
+    if isinstance(err, RetriesExhausted) or (remote and status_of(err) is not None):
+        fix = ("; re-run the same command to resume (complete shards are kept)"
+               if is_transient(err) else "")
+        return f"{path}: cannot read from the hub near row {row}: {err if isinstance(err, RetriesExhausted) else describe(err)}{fix}"
+    return f"{path}: unreadable parquet file near row {row} ({' '.join(str(err).split())})"
+
+
+def _parquet_rows(path: str, start_row: int, column: str, retry: RetryPolicy,
+                  warn: Warn) -> Iterator[tuple[int, str, int]]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     row = 0
-    try:
-        with _open_binary(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            _check_text_column(path, parquet.schema_arrow, column)
-            for group in range(parquet.num_row_groups):
-                n = parquet.metadata.row_group(group).num_rows
-                if row + n <= start_row:
-                    row += n
-                    continue
-                for batch in parquet.iter_batches(batch_size=2048, row_groups=[group], columns=[column],
-                                                  use_threads=False):
-                    values = batch.column(0)
-                    if row < start_row:
-                        values = values.slice(start_row - row)
-                        row = start_row
-                    sizes = pc.binary_length(values).to_numpy(zero_copy_only=False)
-                    for i, text in enumerate(values.to_pylist()):
-                        if text is None:
-                            raise DataPrepError(f"{path}: row {row + i}: {column!r} is null")
-                        yield row + i, text, int(sizes[i])
-                    row += len(values)
-    except (pa.ArrowException, OSError, EOFError) as err:
-        raise DataPrepError(f"{path}: unreadable parquet file near row {row} ({err})") from None
+    with _open_binary(path, retry, warn) as handle:
+        parquet = pq.ParquetFile(handle, pre_buffer=False)
+        _check_text_column(path, parquet.schema_arrow, column)
+        for group in range(parquet.num_row_groups):
+            n = parquet.metadata.row_group(group).num_rows
+            if row + n <= start_row:
+                row += n
+                continue
+            for batch in parquet.iter_batches(batch_size=2048, row_groups=[group], columns=[column],
+                                              use_threads=False):
+                values = batch.column(0)
+                if row < start_row:
+                    values = values.slice(start_row - row)
+                    row = start_row
+                sizes = pc.binary_length(values).to_numpy(zero_copy_only=False)
+                for i, text in enumerate(values.to_pylist()):
+                    if text is None:
+                        raise DataPrepError(f"{path}: row {row + i}: {column!r} is null")
+                    yield row + i, text, int(sizes[i])
+                row += len(values)
 
 
 def _check_text_column(path: str, schema, column: str) -> None:
@@ -170,8 +209,11 @@ def _check_text_column(path: str, schema, column: str) -> None:
                             "(pick another with --text-column)")
 
 
-def _open_binary(path: str):
-    if "://" in path:  # hub and other remote files: fsspec reads them in ranged blocks
+def _open_binary(path: str, retry: RetryPolicy, warn: Warn):
+    if path.startswith("hf://"):  # hub files: ranged reads of just what pyarrow asks for, retried
+        from data_prep.hub_file import HubFile
+        return HubFile(path, retry, warn)
+    if "://" in path:  # other remote files: fsspec reads them in ranged blocks
         import fsspec
         return fsspec.open(path, "rb", block_size=8 << 20).open()
     return open(path, "rb")
@@ -179,6 +221,15 @@ def _open_binary(path: str):
 
 def _read_jsonl(path: str, start_row: int, column: str, encoding_errors: str,
                 warn: Warn) -> Iterator[tuple[int, str, int]]:
+    for lineno, (text,), nbytes in read_jsonl_fields(path, start_row, (column,), encoding_errors, warn,
+                                                     "pick one with --text-column"):
+        yield lineno, text, nbytes
+
+
+def read_jsonl_fields(path: str, start_row: int, columns: tuple[str, ...], encoding_errors: str, warn: Warn,
+                      hint: str) -> Iterator[tuple[int, list[str], int]]:
+    """(0-based line, the string values of `columns`, bytes of the line) per non-blank line
+    from start_row on; a missing or non-string field is an error naming the file and line."""
     opener = gzip.open if path.lower().endswith(".gz") else open
     lineno = 0
     try:
@@ -191,14 +242,15 @@ def _read_jsonl(path: str, start_row: int, column: str, encoding_errors: str,
                     obj = json.loads(decode_bytes(line, encoding_errors, where, warn))
                 except json.JSONDecodeError as err:
                     raise DataPrepError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(obj, dict) or column not in obj:
+                missing = [c for c in columns if c not in obj] if isinstance(obj, dict) else list(columns)
+                if missing:
                     keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-                    raise DataPrepError(f"{where}: no {column!r} field (found: {keys}); "
-                                        "pick one with --text-column")
-                text = obj[column]
-                if not isinstance(text, str):
-                    raise DataPrepError(f"{where}: {column!r} is {type(text).__name__}, expected a string")
-                yield lineno, text, len(line)
+                    raise DataPrepError(f"{where}: no {missing[0]!r} field (found: {keys}); {hint}")
+                for column in columns:
+                    if not isinstance(obj[column], str):
+                        raise DataPrepError(f"{where}: {column!r} is {type(obj[column]).__name__}, "
+                                            "expected a string")
+                yield lineno, [obj[c] for c in columns], len(line)
     except (OSError, EOFError, zlib.error) as err:
         raise DataPrepError(f"{path}: unreadable near line {lineno + 1} ({err})") from None
 

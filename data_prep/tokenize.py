@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from data_prep import DataPrepError
-from data_prep.crash_points import crash_point
+from pipeline.failpoints import fail_point
 from data_prep.sources import Chunk
 from pipeline.tokenizer import EOT, get_tokenizer
 
@@ -61,7 +61,7 @@ def _encode_ordinary(enc, text: str) -> np.ndarray:
 
 
 def _worker_encode(texts: list[str]):
-    crash_point("worker")
+    fail_point("data_prep.worker")
     try:
         return encode_documents(texts)
     except Exception as err:  # reported by the main process as one clear line, not a worker traceback

@@ -1,10 +1,11 @@
-"""python -m eval: HellaSwag and validation loss on checkpoints, once or --watch'ing a run.
+"""python -m eval: HellaSwag, validation loss/bits-per-byte and CORE on checkpoints, once or --watch'ing a run.
 
   python -m eval --checkpoint runs/NAME              # latest complete checkpoint of a run
   python -m eval --checkpoint runs/NAME --all        # every complete checkpoint
   python -m eval --checkpoint runs/NAME/checkpoints/step_005000
   python -m eval --hf gpt2 --out runs/hf-gpt2        # OpenAI's GPT-2 as a baseline
   python -m eval --watch runs/NAME --interval 300 --exit-when-done
+  python -m eval --checkpoint runs/NAME --tasks core --eval-bundle eval_bundle --max-per-task 100
   torchrun --nproc_per_node=8 -m eval --checkpoint runs/NAME   # same numbers, 8x faster
 
 Results go to RUN/eval/results.jsonl (what is already there is not recomputed unless
@@ -15,6 +16,7 @@ exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,8 +27,10 @@ from eval.tasks import Tasks, build_tasks
 from eval.watch import WatchOptions, watch
 from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, load_toml
 from pipeline.hellaswag import HellaSwagError
+from pipeline.loggers import Loggers, check_loggers, require_packages
+from pipeline.provenance import git_commit
 from pipeline.shards import ShardError
 from pipeline.tokenizer import TokenizerError
 
@@ -41,7 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--watch", metavar="RUN_DIR", help="evaluate each new complete checkpoint of a run, once")
     p.add_argument("--all", action="store_true", help="with --checkpoint RUN_DIR: every complete checkpoint")
     p.add_argument("--out", metavar="DIR", help="where results/report go for --hf (default runs/hf-NAME)")
-    p.add_argument("--tasks", default="auto", help="auto (those with data), hellaswag, val, or hellaswag,val")
+    p.add_argument("--tasks", help="auto (those with data) or a list such as hellaswag,val,core "
+                   "(default: the run config's eval.tasks, auto)")
+    p.add_argument("--eval-bundle", metavar="DIR", help="CORE eval bundle: core.yaml, eval_meta_data.csv, eval_data/")
+    p.add_argument("--max-per-task", type=int, help="CORE rows per task (default: eval.core_max_per_task, 0 = all)")
+    p.add_argument("--core-batch-size", type=int, default=16, help="CORE items per forward pass")
     p.add_argument("--hellaswag", metavar="PATH", help="HellaSwag val jsonl (default data/hellaswag/hellaswag_val.jsonl)")
     p.add_argument("--hellaswag-unverified", action="store_true",
                    help="score a HellaSwag-format file that is not the canonical validation set")
@@ -55,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16")
     p.add_argument("--force", action="store_true", help="re-evaluate results already in results.jsonl")
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md/html after evaluating")
+    p.add_argument("--loggers", help="metrics sinks besides results.jsonl, e.g. tensorboard,wandb "
+                                     "(default: the run's train.loggers)")
     w = p.add_argument_group("--watch")
     w.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
     w.add_argument("--until-step", type=int, help="exit once a checkpoint at step >= N is evaluated")
@@ -63,10 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--max-idle", type=float, help="exit after S seconds without a new checkpoint")
     w.add_argument("--stop-file", metavar="PATH", help="exit (after the current evaluation) once PATH exists")
     args = p.parse_args(argv)
-    for name in ("limit", "batch_size", "val_tokens", "seq_len", "val_batch_size"):
+    for name in ("limit", "batch_size", "val_tokens", "seq_len", "val_batch_size", "max_per_task", "core_batch_size"):
         value = getattr(args, name)
-        if value is not None and (value < 0 or (value == 0 and name != "limit")):
-            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'limit' else '> 0'}, got {value}")
+        zero_ok = name in ("limit", "max_per_task")
+        if value is not None and (value < 0 or (value == 0 and not zero_ok)):
+            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
     if args.all and not args.checkpoint:
         p.error("--all goes with --checkpoint RUN_DIR")
     if args.out and not args.hf:
@@ -78,7 +89,9 @@ def make_tasks(args: argparse.Namespace, config: Config | None) -> Tasks:
     return build_tasks(tasks=args.tasks, hellaswag=args.hellaswag, limit=args.limit,
                        verify=not args.hellaswag_unverified, batch_size=args.batch_size,
                        val_data=args.val_data, val_tokens=args.val_tokens, seq_len=args.seq_len,
-                       val_batch_size=args.val_batch_size, run_config=config or Config())
+                       val_batch_size=args.val_batch_size, run_config=config or Config(),
+                       eval_bundle=args.eval_bundle, max_per_task=args.max_per_task,
+                       core_batch_size=args.core_batch_size)
 
 
 def write_report(rt: Runtime, run_dir: Path, args: argparse.Namespace) -> None:
@@ -98,7 +111,7 @@ def evaluate_once(args: argparse.Namespace, rt: Runtime) -> int:
     targets: list[Target]
     if args.hf:
         target = hf_target(args.hf)
-        out = Path(args.out or f"runs/hf-{Path(args.hf).name or 'model'}")
+        out = output_dir(args)
         targets, config = [target], None
     else:
         path = Path(args.checkpoint)
@@ -126,11 +139,38 @@ def _state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "train_state.json").read_text())
 
 
+def output_dir(args: argparse.Namespace) -> Path:
+    """The run directory whose eval/ the results go to."""
+    if args.hf:
+        return Path(args.out or f"runs/hf-{Path(args.hf).name or 'model'}")
+    path = Path(args.watch or args.checkpoint)
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
+def open_loggers(args: argparse.Namespace, rt: Runtime) -> Runtime:
+    """Rank 0 reports to the run's TensorBoard/W&B (--loggers, else the run's train.loggers)."""
+    run_dir = output_dir(args)
+    if args.loggers is not None:
+        names = [n.strip() for n in args.loggers.split(",") if n.strip()]
+        key = "--loggers"
+    else:
+        config_file = run_dir / "config.toml"
+        names = load_toml(config_file).train.loggers if config_file.exists() else []
+        key = f"train.loggers of {config_file}"
+    require_packages(names, key)
+    if not rt.main or not check_loggers(names, key):
+        return rt
+    config = {"eval": {k: v for k, v in vars(args).items()}}
+    return dataclasses.replace(rt, sinks=Loggers(names, run_dir, run_dir.resolve().name, config, git_commit(),
+                                                 key=key, job="eval"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rt = None
     try:
         rt = setup_runtime(args.device, args.dtype)
+        rt = open_loggers(args, rt)
         if args.watch:
             run_dir = Path(args.watch)
             opts = WatchOptions(args.interval, args.until_step, Path(args.stop_file) if args.stop_file else None,
@@ -146,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if rt is not None:
+            if rt.sinks is not None:
+                rt.sinks.close()
             teardown(rt)
 
 

@@ -7,8 +7,10 @@ is the only one that writes results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from eval import EvalError
+from eval.core import evaluate_core
 from eval.results import append_result, checkpoint_sha256, done_keys, state_dict_sha256
 from eval.tasks import Tasks
 from pipeline.checkpoint import CheckpointError, load_model, read_marker, step_of
@@ -34,6 +37,7 @@ class Runtime:
     autocast_dtype: torch.dtype | None
     rank: int = 0
     world_size: int = 1
+    sinks: Any = None  # pipeline.loggers.Loggers of rank 0 (TensorBoard, W&B), or None
 
     @property
     def main(self) -> bool:
@@ -42,6 +46,16 @@ class Runtime:
     def log(self, message: str) -> None:
         if self.main:
             print(f"[eval {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    @contextlib.contextmanager
+    def progress(self, total: int, what: str):
+        """A tqdm bar on rank 0 when stderr is a terminal; yields a callback(n) or None."""
+        if not (self.main and sys.stderr.isatty()):
+            yield None
+            return
+        from tqdm import tqdm
+        with tqdm(total=total, desc=what, unit="ex", leave=False) as bar:
+            yield bar.update
 
     def agree(self, obj: Any) -> Any:
         """Rank 0's value on every rank (all ranks must call this together)."""
@@ -127,7 +141,7 @@ def pending(target: Target, tasks: Tasks, out_dir: Path, force: bool) -> dict[st
     """{task kind: metrics not yet in results.jsonl for this target and data}."""
     done = set() if force else done_keys(out_dir)
     todo = {}
-    for kind, task in (("hellaswag", tasks.hellaswag), ("val", tasks.val)):
+    for kind, task in (("hellaswag", tasks.hellaswag), ("val", tasks.val), ("core", tasks.core)):
         if task is None:
             continue
         missing = [m for m in task.metrics if (target.sha256, task.sha256, m) not in done]
@@ -151,8 +165,9 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
     if "hellaswag" in todo:
         hs = tasks.hellaswag
         t0 = time.time()
-        result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
-                                    rt.rank, rt.world_size)
+        with rt.progress(len(hs.examples), "HellaSwag") as bar:
+            result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
+                                        rt.rank, rt.world_size, bar)
         for metric in todo["hellaswag"]:
             value = result[metric.removeprefix("hellaswag_")]
             rows.append(dict(base, metric=metric, value=value, n=result["n"], data=str(hs.path),
@@ -166,12 +181,34 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
             raise EvalError(f"val seq_len {val.seq_len} exceeds the model's block_size "
                             f"{model.config.block_size} (pass --seq-len)")
         t0 = time.time()
-        loss, n = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
-                                   rt.autocast_dtype, rt.rank, rt.world_size)
-        rows.append(dict(base, metric="val_loss", value=loss, n=n, data=str(val.directory),
-                         data_sha256=val.sha256))
-        rt.log(f"{label}: val loss {loss:.4f} ({n:,} tokens, {n / (time.time() - t0):,.0f} tokens/s)")
-        _write(rt, out_dir, rows[-1:])
+        n_seq = (len(val.tokens) - 1) // val.seq_len
+        with rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss") as bar:
+            val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
+                                          rt.autocast_dtype, rt.rank, rt.world_size, progress=bar, mask=val.mask)
+        for metric in todo["val"]:
+            value = val_result.loss if metric == "val_loss" else val_result.bpb
+            rows.append(dict(base, metric=metric, value=value, n=val_result.tokens, data=str(val.directory),
+                             data_sha256=val.sha256))
+        rt.log(f"{label}: val loss {val_result.loss:.4f}, {val_result.bpb:.4f} bits/byte ({val_result.tokens:,} "
+               f"tokens, {val_result.tokens / (time.time() - t0):,.0f} tokens/s)")
+        _write(rt, out_dir, rows[-len(todo["val"]):])
+    if "core" in todo:
+        bundle = tasks.core
+        t0 = time.time()
+        items = sum(len(t.rows) for t in bundle.tasks)
+        with rt.progress(items, "CORE") as bar:
+            result = evaluate_core(model, bundle, rt.device, rt.autocast_dtype, tasks.core_batch_size, rt.rank,
+                                   rt.world_size, bar, log=lambda m: rt.log(f"{label}: {m}"))
+        values = {"core": result["core"]}
+        for name, r in result["tasks"].items():
+            values[f"core_acc/{name}"], values[f"core_centered/{name}"] = r["acc"], r["centered"]
+        new = [dict(base, metric=metric, value=values[metric], n=items if metric == "core" else
+                    result["tasks"][metric.split("/", 1)[1]]["n"], data=str(bundle.directory),
+                    data_sha256=bundle.sha256) for metric in todo["core"]]
+        rows += new
+        rt.log(f"{label}: CORE {result['core']:.4f} over {len(result['tasks'])} tasks "
+               f"({items / (time.time() - t0):.1f} items/s)")
+        _write(rt, out_dir, new)
     return rows
 
 
@@ -179,3 +216,6 @@ def _write(rt: Runtime, out_dir: Path, rows: list[dict]) -> None:
     if rt.main:
         for row in rows:
             append_result(out_dir, row)
+            if rt.sinks is not None and row["step"] is not None:
+                # The same numbers to TensorBoard/W&B as eval/<metric> at the checkpoint's step.
+                rt.sinks.row({"step": row["step"], "kind": "eval", row["metric"]: row["value"]})

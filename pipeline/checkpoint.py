@@ -18,13 +18,15 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.atomic import atomic_write_json, fsync_dir, sha256_file
+from pipeline.config import ConfigError, from_dict
+from pipeline.failpoints import fail_point
+from pipeline.model import GPT
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -54,16 +56,6 @@ def _save_tensor_file(obj: Any, path: Path) -> None:
         raise
 
 
-def _test_pause(step: int) -> None:
-    """Test hook: GPT2_PIPELINE_TEST_SAVE_SLEEP=STEP:SECONDS stalls the save of STEP halfway,
-    so a test can SIGKILL the process in the middle of a real checkpoint write."""
-    hook = os.environ.get("GPT2_PIPELINE_TEST_SAVE_SLEEP")
-    if hook:
-        at, _, seconds = hook.partition(":")
-        if int(at) == step:
-            time.sleep(float(seconds))
-
-
 def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, Any], state: dict) -> Path:
     """Write tensors ({'model': sd, 'optimizer': sd}) and the JSON state as step_{step}/."""
     final = checkpoint_dir(run_dir, step)
@@ -75,7 +67,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, Any], sta
     for name, obj in tensors.items():
         _save_tensor_file(obj, tmp / f"{name}.pt")
         hashes[f"{name}.pt"] = sha256_file(tmp / f"{name}.pt")
-        _test_pause(step)
+        fail_point("checkpoint.file_written", step=step)
     atomic_write_json(tmp / STATE, state)
     hashes[STATE] = sha256_file(tmp / STATE)
     atomic_write_json(tmp / COMPLETE, {"step": step, "sha256": hashes})
@@ -191,13 +183,12 @@ def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     return doomed
 
 
-def _strip_wrapper_prefixes(state_dict: dict) -> dict:
-    """Accept weights saved from a DDP- or torch.compile-wrapped model too."""
+def strip_wrapper_prefixes(state_dict: dict) -> dict:
+    """Accept weights saved from a DDP- or torch.compile-wrapped model too (in either order)."""
     out = {}
     for name, tensor in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.partition(".")[2]
         out[name] = tensor
     return out
 
@@ -206,9 +197,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the GPT stored in a checkpoint dir from its recorded config; returns (model, state).
 
     The one place that turns a checkpoint into a model (eval, generate, demo use it)."""
-    from pipeline.config import ConfigError, from_dict
-    from pipeline.model import GPT
-
     path = Path(path)
     loaded, state = load_checkpoint(path, names=("model",), map_location=map_location)
     config = state.get("config")
@@ -219,7 +207,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     except ConfigError as err:
         raise CheckpointError(f"{path / STATE}: config recorded in train_state.json is not usable ({err})") from None
     try:
-        model.load_state_dict(_strip_wrapper_prefixes(loaded["model"]))
+        model.load_state_dict(strip_wrapper_prefixes(loaded["model"]))
     except RuntimeError as err:
         first = " ".join(str(err).strip().splitlines()[:2])
         raise CheckpointError(f"{path / 'model.pt'}: weights do not fit the model config in "

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -97,9 +99,15 @@ class DataConfig:
     dir: str = "data/fineweb-edu-10B"  # shards + manifest.json written by data_prep
     shuffle: bool = True  # per-epoch shard-order and sequence-order shuffling (train split only)
     seed: int = 1337
+    # Packed sequences hold several documents. "across": attend across their boundaries (GPT-2
+    # pretraining); "within": each token sees only its own document, positions restart at each;
+    # "auto": within for prompt/response shards (data_prep.sft, they carry loss masks), else across.
+    document_attention: str = "auto"
 
     def validate(self) -> None:
         _require(bool(self.dir), "data.dir", self.dir, "must name the shard directory")
+        _require(self.document_attention in ("auto", "across", "within"), "data.document_attention",
+                 self.document_attention, "must be one of auto, across, within")
         _require(self.seed >= 0, "data.seed", self.seed, "must be >= 0")
 
 
@@ -149,6 +157,9 @@ class OptimConfig:
         _require(0 <= self.cooldown_frac <= 1, "optim.cooldown_frac", self.cooldown_frac, "must be in [0, 1]")
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metrics sinks (pipeline/loggers.py)
+
+
 @dataclass
 class TrainConfig:
     total_batch_size: int = 524_288  # tokens per optimizer step (2**19, ~0.5M as in GPT-3 small)
@@ -167,6 +178,19 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     target_loss: float = 0.0  # stop once train loss <= target (0 = off)
     peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+    # How long a rank waits in a collective before the process group gives up. NCCL's own
+    # default (10 min) is shorter than the slowest checkpoint write of the largest preset:
+    # GPT-2 XL saves 6.2 GB of weights + 12.5 GB of AdamW moments = 18.7 GB, which rank 0
+    # writes, fsyncs and re-reads for its sha256 while every other rank waits in the next
+    # collective. On a contended shared filesystem at 25 MB/s that is ~750 s writing plus the
+    # hash; 1800 s keeps a 2x margin. A genuinely hung rank is then noticed within 30 min.
+    dist_timeout_s: float = 1800.0
+    # Start from these weights instead of a random init (fresh optimizer, step 0): a Hugging Face
+    # GPT-2 directory or cached hub name, or a checkpoint / run directory. See train/init_from.py.
+    init_from: str = ""
+    # Metrics sinks on rank 0: jsonl (metrics.jsonl, always written), tensorboard, wandb
+    # (optional extras; see pipeline/loggers.py). On the command line: --train.loggers=jsonl,wandb
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
@@ -176,10 +200,13 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
         _require(self.target_loss >= 0, "train.target_loss", self.target_loss, "must be >= 0")
         _require(self.peak_tflops >= 0, "train.peak_tflops", self.peak_tflops, "must be >= 0")
+        _require(self.dist_timeout_s > 0, "train.dist_timeout_s", self.dist_timeout_s, "must be > 0 (seconds)")
         _require(self.device in ("auto", "cuda", "mps", "cpu"), "train.device", self.device,
                  "must be one of auto, cuda, mps, cpu")
         _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,
                  "must be one of auto, bfloat16, float32")
+        _require(all(n in LOGGERS for n in self.loggers), "train.loggers",
+                 self.loggers, f"each must be one of {', '.join(LOGGERS)}")
 
 
 @dataclass
@@ -188,13 +215,19 @@ class EvalConfig:
     val_tokens: int = 10_485_760  # fixed budget: 20 x 524,288, the same tokens at any world size
     hellaswag_path: str = ""  # HellaSwag val jsonl; empty = skip HellaSwag in the loop
     hellaswag_limit: int = 0  # examples per in-loop HellaSwag (0 = all 10,042)
+    # What `python -m eval` (and --watch) evaluates when --tasks is not given: "auto" (what
+    # has data) or a comma-separated list of hellaswag, val, core.
+    tasks: str = "auto"
+    eval_bundle: str = ""  # CORE eval bundle directory (core.yaml, eval_meta_data.csv, eval_data/)
+    core_max_per_task: int = 0  # rows per CORE task (0 = all)
     sample_every: int = 250  # steps between generated samples (0 = off)
     sample_tokens: int = 32
     num_samples: int = 4
     sample_prompt: str = "Hello, I'm a language model,"
 
     def validate(self) -> None:
-        for name in ("eval_every", "hellaswag_limit", "sample_every", "sample_tokens", "num_samples"):
+        for name in ("eval_every", "hellaswag_limit", "sample_every", "sample_tokens", "num_samples",
+                     "core_max_per_task"):
             _require(getattr(self, name) >= 0, f"eval.{name}", getattr(self, name), "must be >= 0")
         _require(self.val_tokens > 0, "eval.val_tokens", self.val_tokens, "must be > 0")
 
@@ -218,7 +251,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        return to_toml(self.to_dict())
+        return tomli_w.dumps(self.to_dict())
 
     def model_hash(self) -> str:
         """Fingerprint of everything that fixes the parameter shapes (checked on resume).
@@ -264,6 +297,9 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
     elif typ == "str":
         if isinstance(value, str):
             return value
+    elif typ == "list[str]":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise ConfigError(f"{key} = {value!r}: expected {typ}, got {type(value).__name__}")
 
 
@@ -281,6 +317,8 @@ def _parse_cli_value(key: str, text: str, typ: str) -> Any:
             return int(text.replace("_", ""))
         if typ == "float":
             number = float(text)
+        if typ == "list[str]":  # comma-separated
+            return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
     return _coerce(key, number, typ) if typ == "float" else text
@@ -364,30 +402,6 @@ def resolve(config_path: str | Path | None, overrides: list[str]) -> Config:
     """The one way stages build a config: defaults <- TOML file <- overrides, then validate."""
     cfg = load_toml(config_path) if config_path else Config()
     return apply_overrides(cfg, overrides).validate()
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        # JSON's escapes are valid TOML basic strings, except its \ud83d\ude00 surrogate pairs
-        # (hence ensure_ascii=False: the text is UTF-8) and a raw DEL, which TOML forbids.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
-def to_toml(data: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 # Model presets: the four published GPT-2 sizes (vocab 50257, block 1024).

@@ -5,23 +5,28 @@
 HF's GPT-2 keeps the four attention/MLP projections as Conv1D modules, whose weight is
 (in, out): the transpose of nn.Linear's. Its embedding has the real 50257 rows; ours is
 padded (pad rows are zero on import, sliced off on export). Loading never unpickles
-arbitrary objects: safetensors is read by pipeline/safetensors_io.py and .bin files only
-through torch.load(weights_only=True). A hub name is looked up in the local HF cache and
-never downloaded: compute nodes are offline, and a run must not depend on the network.
+arbitrary objects: safetensors files are read by the `safetensors` package and .bin files
+only through torch.load(weights_only=True). A hub name is looked up in the local HF cache
+(huggingface_hub, local_files_only) and never downloaded: compute nodes are offline, and a
+run must not depend on the network.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save as safetensors_bytes
 
-from pipeline import safetensors_io
 from pipeline.atomic import atomic_write_bytes, atomic_write_json
 from pipeline.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from pipeline.config import ConfigError, ModelConfig, from_dict
@@ -44,29 +49,6 @@ class HFError(RuntimeError):
 
 # ---------------------------------------------------------------- locating weights
 
-def hf_hub_cache() -> Path:
-    """The local HF hub cache, by the same environment variables huggingface_hub reads."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def _cached_snapshot(repo_id: str, cache: Path) -> Path | None:
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    snapshots = []
-    if ref.is_file():
-        snapshots.append(repo / "snapshots" / ref.read_text().strip())
-    if (repo / "snapshots").is_dir():
-        snapshots += sorted((repo / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    for snap in snapshots:
-        if (snap / "config.json").is_file() and any((snap / w).is_file() for w in WEIGHT_FILES):
-            return snap
-    return None
-
-
 def resolve_hf_dir(name_or_dir: str | Path) -> Path:
     """A directory as given, or the snapshot of a hub name in the local HF cache."""
     path = Path(name_or_dir).expanduser()
@@ -75,13 +57,14 @@ def resolve_hf_dir(name_or_dir: str | Path) -> Path:
     if path.exists():
         raise HFError(f"{path}: not a directory (expected a Hugging Face model directory)")
     name = str(name_or_dir)
-    cache = hf_hub_cache()
     ids = [name] + [i for i in (HUB_ALIASES.get(name), {v: k for k, v in HUB_ALIASES.items()}.get(name)) if i]
     for repo_id in ids:
-        snap = _cached_snapshot(repo_id, cache)
-        if snap is not None:
-            return snap
-    raise HFError(f"{name!r} is neither a directory nor a model in the local Hugging Face cache ({cache}); "
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except (LocalEntryNotFoundError, ValueError):  # ValueError: not a valid repo id
+            pass
+    raise HFError(f"{name!r} is neither a directory nor a model in the local Hugging Face cache "
+                  f"({hub_constants.HF_HUB_CACHE}); "
                   f"nothing is downloaded at run time: fetch it once where there is internet "
                   f"(`hf download {ids[-1]}`) and point HF_HOME at that cache, or pass the model directory")
 
@@ -89,9 +72,9 @@ def resolve_hf_dir(name_or_dir: str | Path) -> Path:
 def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
-            return safetensors_io.load_file(path)
-        except safetensors_io.SafetensorsError as err:
-            raise HFError(str(err)) from None
+            return load_safetensors(path)
+        except SafetensorError as err:
+            raise HFError(f"{path}: not a valid safetensors file ({err})") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an UnpicklingError for anything but plain tensors, or a broken zip
@@ -301,7 +284,7 @@ def export_hf(model_or_checkpoint: GPT | str | Path, out_dir: str | Path, overwr
         raise HFError(f"{out / 'model.safetensors'} exists; pass --force to overwrite")
     hf_sd = to_hf_state_dict(sd, cfg, source)
     out.mkdir(parents=True, exist_ok=True)
-    safetensors_io.save_file(hf_sd, out / "model.safetensors", metadata)
+    atomic_write_bytes(out / "model.safetensors", safetensors_bytes(hf_sd, metadata))
     for name, data in _tokenizer_files(cfg.block_size).items():
         atomic_write_bytes(out / name, data)
     atomic_write_json(out / "config.json", hf_config(cfg))  # last: its presence means the export is whole

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from pipeline.chunked_loss import linear_cross_entropy
 from pipeline.config import ModelConfig
 from pipeline.layers import ReLU2, Rotary, apply_rotary, head_norm, make_norm, sinusoidal, softcap
 
@@ -112,13 +113,6 @@ class GPT(nn.Module):
             for module in zeroed:
                 nn.init.zeros_(module.weight)
 
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str) -> "GPT":
-        """GPT-2 weights in Hugging Face format (a directory, or a hub name already in the
-        local HF cache); see pipeline/hf.py. Imported lazily: the model file does no I/O."""
-        from pipeline.hf import load_hf_gpt2
-        return load_hf_gpt2(name_or_dir)
-
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             std = 0.02
@@ -192,10 +186,23 @@ class GPT(nn.Module):
         same = segment_ids[:, past:, None] == segment_ids[:, None, :]
         return (seen & same)[:, None]
 
+    def loss_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the output layer over hidden states (targets -1 ignored),
+        computed in chunks so the full logits never exist (pipeline/chunked_loss.py).
+        A soft-capped head (model.logit_softcap) takes the plain path through full logits."""
+        if self.config.logit_softcap > 0:
+            logits = self.output_logits(hidden).float()
+            flat = targets.reshape(-1)
+            return (F.cross_entropy(logits.view(-1, logits.size(-1)), flat, ignore_index=-1, reduction="sum")
+                    / (flat != -1).sum().clamp(min=1))
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.vocab_size)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_pos: int = 0, *,
                 position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None):
-        """Return (logits over the padded vocab, mean cross-entropy or None).
+        """Return (logits over the padded vocab, None) without targets, (None, mean
+        cross-entropy) with them: the loss is computed in token chunks from the hidden
+        states (pipeline/chunked_loss.py) and the full logits never exist.
 
         Logits of the padding ids (>= vocab_size) are the dtype's minimum, so a softmax
         over the padded vocab equals one over the real vocab. targets equal to -1 are ignored.
@@ -205,12 +212,9 @@ class GPT(nn.Module):
         of its own segment (several documents in one row).
         """
         x = self.hidden_states(idx, cache, start_pos, position_ids=position_ids, segment_ids=segment_ids)
-        logits = self.output_logits(x)
-        loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1)
-        return logits, loss
+            return None, self.loss_from_hidden(x, targets)
+        return self.output_logits(x), None
 
     def output_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states -> logits over the padded vocab: the head, the soft-cap if set, the

@@ -21,7 +21,7 @@ from pipeline.config import Config, from_dict
 from pipeline.model import GPT
 from pipeline.shards import FORMAT, FORMAT_VERSION, shard_filename, write_manifest
 from pipeline.tokenizer import EOT, get_tokenizer, tokenizer_fingerprint
-from conftest import TEXT_DIR
+from conftest import LONG_TEXT
 
 TOKENS_PER_STEP = 512
 
@@ -79,9 +79,9 @@ def write_metrics(run_dir: Path, last_step: int, seed: int = 0) -> None:
 
 
 def make_val_shards(directory: Path, n_chars: int = 60_000, tokenizer: dict | None = None) -> Path:
-    """Shards of real text (tinyshakespeare): val = the first part, train = the rest."""
+    """Shards of real English (the generated test corpus's long document): val = the first part, train = the rest."""
     directory.mkdir(parents=True, exist_ok=True)
-    text = (TEXT_DIR / "tinyshakespeare.txt").read_text()[: 2 * n_chars]
+    text = LONG_TEXT.read_text(encoding="utf-8")[: 2 * n_chars]
     enc = get_tokenizer()
     parts = {"val": text[:n_chars], "train": text[n_chars:]}
     entries = []
@@ -90,13 +90,13 @@ def make_val_shards(directory: Path, n_chars: int = 60_000, tokenizer: dict | No
         tokens = []
         for doc in docs:
             tokens += [EOT] + enc.encode_ordinary(doc)
-        name = shard_filename("shakespeare", split, index)
+        name = shard_filename("prose", split, index)
         np.save(directory / name, np.array(tokens, dtype=np.uint16))
         entries.append({"file": name, "split": split, "tokens": len(tokens), "documents": len(docs),
                         "sha256": sha256_file(directory / name)})
     write_manifest(directory, {"format": FORMAT, "version": FORMAT_VERSION,
                                "tokenizer": tokenizer or tokenizer_fingerprint(), "complete": True,
-                               "source": {"files": ["tinyshakespeare.txt"]}, "shards": entries})
+                               "source": {"files": [LONG_TEXT.name]}, "shards": entries})
     return directory
 
 

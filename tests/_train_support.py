@@ -14,7 +14,7 @@ from pipeline.shards import FORMAT, FORMAT_VERSION, shard_filename, write_manife
 from pipeline.tokenizer import EOT, get_tokenizer, tokenizer_fingerprint
 from train.__main__ import main
 
-TEXT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
+from conftest import LONG_TEXT, TEXT_FILES
 
 # Uneven train shards, one shorter than a sequence, so sequences straddle shard ends.
 TRAIN_SHARD_TOKENS = (20_000, 7_777, 31, 15_000, 30_000)
@@ -52,9 +52,9 @@ val_tokens = 1024
 
 
 def corpus_tokens(n: int) -> np.ndarray:
-    """GPT-2 tokens of real text: tinyshakespeare, then Gutenberg books, EOT before each."""
+    """GPT-2 tokens of real English (the generated test corpus, tests/generated_data.py), EOT before each file."""
     enc = get_tokenizer()
-    files = [TEXT_DIR / "tinyshakespeare.txt", *sorted((TEXT_DIR / "gutenberg").glob("austen-*.txt"))]
+    files = [LONG_TEXT, *TEXT_FILES]
     out: list[int] = []
     for path in files:
         out += [EOT] + enc.encode_ordinary(path.read_text(encoding="utf-8", errors="replace"))
@@ -80,7 +80,7 @@ def write_shards(directory: Path, train_sizes=TRAIN_SHARD_TOKENS, val_tokens=VAL
     if manifest:
         write_manifest(directory, {"format": FORMAT, "version": FORMAT_VERSION,
                                    "tokenizer": tokenizer_fingerprint(), "complete": True,
-                                   "source": {"files": "tests: tinyshakespeare + austen"}, "shards": entries})
+                                   "source": {"files": "tests: generated_data long text + prose"}, "shards": entries})
     return directory
 
 

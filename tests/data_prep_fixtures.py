@@ -1,12 +1,12 @@
 """Real-text fixtures for the data_prep tests, plus an independent reference tokenization.
 
-Documents come from ../shared/data/text (US inaugural addresses, State of the Union
-addresses): each file is split at blank lines into documents of a few hundred to a few
-thousand characters, like web pages. They are written as FineWeb-Edu-schema parquet (several
+Documents come from the generated test corpus (tests/generated_data.py: real English prose
+from the stdlib's documentation, two cp1252 files, one with \r\n line ends): each file is
+split at blank lines into documents of a few hundred to a few thousand characters, like web pages. They are written as FineWeb-Edu-schema parquet (several
 files, small row groups so a resume has row groups to skip), as jsonl and jsonl.gz.
 
 The reference stream is built with plain `tiktoken.get_encoding("gpt2")` (tiktoken's own
-loader and the shared tiktoken cache), not with pipeline.tokenizer or data_prep code.
+loader, through a tiktoken cache built from the installed package's files), not with pipeline.tokenizer or data_prep code.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import TEXT_DIR, TIKTOKEN_CACHE
+from conftest import CP1252_FILES, CRLF_TEXT, TEXT_FILES, TIKTOKEN_CACHE
 
 EOT = 50256
 SHARD = 50_000  # small shards: many boundaries from a couple of MB of text
@@ -61,7 +61,7 @@ def read_text(path: Path) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:  # a few of these files are cp1252 (see shared/data/README.md)
+    except UnicodeDecodeError:  # CP1252_FILES are, as some real corpora are
         return data.decode("cp1252")
 
 
@@ -94,7 +94,7 @@ def corpus(root: Path) -> Corpus:
     """Build once per session (root: a session temp dir)."""
     if "corpus" in _CACHE:
         return _CACHE["corpus"]
-    files = sorted((TEXT_DIR / "inaugural").glob("*.txt")) + sorted((TEXT_DIR / "state_union").glob("*.txt"))[:40]
+    files = [*TEXT_FILES[:10], *CP1252_FILES, CRLF_TEXT, *TEXT_FILES[10:]]
     docs = []
     for i, path in enumerate(files):
         docs.extend(split_documents(read_text(path)))

@@ -11,14 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TEXT_DIR, run_module
+from conftest import CP1252_FILES, TEXT_FILES, run_module
 from data_prep import fineweb, shard_writer
 from data_prep.output import output_lock
 from data_prep_fixtures import corpus, dir_bytes, read_shards, reference_stream, write_jsonl
+from pipeline.failpoints import armed
 from pipeline.shards import load_shard_set, open_shard
 
 SHARD = 20_000
-LATIN1_FILE = TEXT_DIR / "gutenberg" / "chesterton-ball.txt"  # cp1252 bytes, per shared/data/README.md
+LATIN1_FILE = CP1252_FILES[0]  # cp1252 bytes, not valid UTF-8 (tests/generated_data.py)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_non_utf8_text_strict_error_names_file_and_byte(tmp_path):
 
 @pytest.mark.parametrize("policy", ["cp1252", "replace"])
 def test_non_utf8_text_policies_keep_every_document(tmp_path, capsys, policy):
-    files = [TEXT_DIR / "gutenberg" / "blake-poems.txt", LATIN1_FILE, TEXT_DIR / "inaugural" / "2005-Bush.txt"]
+    files = [TEXT_FILES[2], LATIN1_FILE, CP1252_FILES[1]]
     assert prep(files, tmp_path, "--encoding-errors", policy) == 0
     err = capsys.readouterr().err
     assert f"{LATIN1_FILE}: not valid UTF-8" in err and str(files[2]) in err and str(files[0]) not in err
@@ -151,28 +152,20 @@ def test_foreign_output_directories_are_refused(data, tmp_path, capsys):
     assert "different run (source was" in line and "--overwrite" in line
 
 
-def test_disk_full_keeps_complete_shards_and_resumes(data, tmp_path, capsys, monkeypatch):
+def test_disk_full_keeps_complete_shards_and_resumes(data, tmp_path, capsys):
     files = data.jsonl[:1]
     clean = tmp_path / "clean"
     assert prep(files, clean, "--max-tokens", "150000") == 0
-    writes = {"n": 0}
-
-    def full_disk(name):  # inside the shard's temp-file write: the real cleanup path runs
-        if name == "shard_written":
-            writes["n"] += 1
-            if writes["n"] == 3:
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(shard_writer, "crash_point", full_disk)
     out = tmp_path / "out"
-    assert prep(files, out, "--max-tokens", "150000") == 2
+    # inside the third shard's temp-file write: the real cleanup path runs
+    with armed("data_prep.shard_written", "raise(ENOSPC)@hit=3"):
+        assert prep(files, out, "--max-tokens", "150000") == 2
     line = error_line(capsys)
     assert "fineweb_train_000002.npy: cannot write (disk full)" in line and "2 complete shard(s)" in line
     assert sorted(p.name for p in out.iterdir()) == [".data_prep.lock", "fineweb_train_000001.npy",
                                                       "fineweb_val_000000.npy", "manifest.json"]  # no temp file
     for info in load_shard_set(out, require_complete=False).shards:
         open_shard(info, verify_hash=True)
-    monkeypatch.undo()
     assert prep(files, out, "--max-tokens", "150000") == 0
     assert dir_bytes(out) == dir_bytes(clean)
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import TEXT_DIR, run_module, subprocess_env
+from conftest import CRLF_TEXT, EMPTY_TEXT, LONG_TEXT, TEXT_FILES, run_module, subprocess_env
 from data_prep import DataPrepError, fineweb, hub
 from data_prep.progress import Progress
 from data_prep.sources import read_ahead
@@ -83,15 +83,14 @@ def test_jsonl_and_gz_give_the_same_bytes_as_parquet(data, parquet_out, tmp_path
 
 
 def test_text_files_are_one_document_each(tmp_path):
-    files = [TEXT_DIR / "tinyshakespeare.txt", TEXT_DIR / "gutenberg" / "blake-poems.txt",
-             TEXT_DIR / "gutenberg" / "melville-moby_dick.txt"]  # moby dick has \r\n line ends
+    files = [LONG_TEXT, TEXT_FILES[2], EMPTY_TEXT, CRLF_TEXT]  # a 1.5 MB document, an empty one, \r\n line ends
     assert fineweb.main(["--files", *map(str, files), "--out", str(tmp_path), "--shard-size", str(SHARD),
                          "--workers", "2", "--no-progress"]) == 0
     stream, lengths = reference_stream([f.read_bytes().decode() for f in files])  # keep \r\n
     _, tokens = read_shards(tmp_path)
-    np.testing.assert_array_equal(tokens, stream)  # tinyshakespeare alone spans 7 shards
+    np.testing.assert_array_equal(tokens, stream)  # the long document alone spans many shards
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert sum(s["documents"] for s in manifest["shards"]) == 3
+    assert sum(s["documents"] for s in manifest["shards"]) == 4
 
 
 def test_inline_and_parallel_workers_agree(data, parquet_out, tmp_path):
@@ -125,7 +124,7 @@ def test_hub_source_streams_the_resolved_parquet_files(data, parquet_out, tmp_pa
     urls = [f"file://{p}" for p in data.parquet]
     calls = []
 
-    def fake_resolve(dataset, name, split, revision):
+    def fake_resolve(dataset, name, split, revision, *retry_and_log):
         calls.append((dataset, name, split, revision))
         return "a" * 40, [fineweb.SourceFile(u, "parquet") for u in urls]
 

@@ -1,4 +1,7 @@
-"""python -m data_prep.hellaswag: verified, atomic install from a local copy or the canonical URL."""
+"""python -m data_prep.hellaswag: verified, atomic install from a local copy or the canonical URL.
+
+The install and download logic runs on generated rows with the pinned hash patched to theirs;
+the pinned constants and a real install (a subprocess) check the real file (`real_data`)."""
 
 from __future__ import annotations
 
@@ -15,23 +18,37 @@ from data_prep import hellaswag
 EXPECTED = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
 
 
-def test_pinned_constants():
+@pytest.fixture
+def generated_is_canonical(monkeypatch):
+    """Pin the generated rows' hash in place of the canonical one (in this process only)."""
+    monkeypatch.setattr(hellaswag, "SHA256", hashlib.sha256(HELLASWAG_VAL.read_bytes()).hexdigest())
+    return hellaswag.SHA256
+
+
+def test_pinned_constants(real_data):
+    real = real_data / "hellaswag" / "hellaswag_val.jsonl"
     assert hellaswag.URL == "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-    assert hellaswag.SHA256 == EXPECTED == hashlib.sha256(HELLASWAG_VAL.read_bytes()).hexdigest()
+    assert hellaswag.SHA256 == EXPECTED == hashlib.sha256(real.read_bytes()).hexdigest()
 
 
-def test_install_from_local_copy_then_noop(tmp_path):
+def test_install_the_real_file_from_a_local_copy(tmp_path, real_data):
+    real = real_data / "hellaswag" / "hellaswag_val.jsonl"
+    proc = run_module("data_prep.hellaswag", "--out", tmp_path, "--from", real)
+    assert (tmp_path / "hellaswag_val.jsonl").read_bytes() == real.read_bytes() and "installed" in proc.stdout
+
+
+def test_install_from_local_copy_then_noop(tmp_path, capsys, generated_is_canonical):
     out = tmp_path / "hs"
-    proc = run_module("data_prep.hellaswag", "--out", out, "--from", HELLASWAG_VAL)
+    assert hellaswag.main(["--out", str(out), "--from", str(HELLASWAG_VAL)]) == 0
     target = out / "hellaswag_val.jsonl"
-    assert target.read_bytes() == HELLASWAG_VAL.read_bytes() and "installed" in proc.stdout
+    assert target.read_bytes() == HELLASWAG_VAL.read_bytes() and "installed" in capsys.readouterr().out
     before = target.stat().st_mtime_ns
-    proc = run_module("data_prep.hellaswag", "--out", out, "--from", HELLASWAG_VAL)
-    assert "nothing to do" in proc.stdout and target.stat().st_mtime_ns == before
+    assert hellaswag.main(["--out", str(out), "--from", str(HELLASWAG_VAL)]) == 0
+    assert "nothing to do" in capsys.readouterr().out and target.stat().st_mtime_ns == before
     assert [p.name for p in out.iterdir()] == ["hellaswag_val.jsonl"]
 
 
-def test_wrong_local_file_is_refused_and_nothing_installed(tmp_path, capsys):
+def test_wrong_local_file_is_refused_and_nothing_installed(tmp_path, capsys, generated_is_canonical):
     wrong = tmp_path / "hellaswag_val.jsonl"
     wrong.write_bytes(HELLASWAG_VAL.read_bytes()[:-100])  # truncated copy
     out = tmp_path / "hs"
@@ -51,7 +68,7 @@ class FakeResponse(io.BytesIO):
         self.close()
 
 
-def test_download_verifies_and_installs(tmp_path, monkeypatch, capsys):
+def test_download_verifies_and_installs(tmp_path, monkeypatch, capsys, generated_is_canonical):
     seen = {}
 
     def fake_urlopen(url, timeout):
@@ -64,7 +81,7 @@ def test_download_verifies_and_installs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "hellaswag_val.jsonl").read_bytes() == HELLASWAG_VAL.read_bytes()
 
 
-def test_corrupted_download_is_not_installed(tmp_path, monkeypatch, capsys):
+def test_corrupted_download_is_not_installed(tmp_path, monkeypatch, capsys, generated_is_canonical):
     data = bytearray(HELLASWAG_VAL.read_bytes())
     data[1000] ^= 1
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: FakeResponse(bytes(data)))

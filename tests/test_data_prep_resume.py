@@ -1,7 +1,7 @@
 """kill -9 at any moment, re-run the same command: byte-identical shards AND manifest.
 
 Crashes are real SIGKILLs: either the stage kills itself at a named point
-(data_prep/crash_points.py: between a shard's temp write and its rename, between the rename
+(pipeline/failpoints.py's data_prep.* points: between a shard's temp write and its rename, between the rename
 and the manifest update, ...) or the test kills the whole process group after a delay.
 """
 
@@ -18,13 +18,12 @@ import uuid
 
 import pytest
 
-from conftest import REPO, TEXT_DIR, run_module, subprocess_env
+from conftest import REPO, TEXT_FILES as PROSE, run_module, subprocess_env
 from data_prep import fineweb
 from data_prep_fixtures import corpus, dir_bytes, write_jsonl, write_parquet
 
 SHARD = 20_000  # ~10 shards from a small corpus keeps the many runs below fast
-TEXT_FILES = [TEXT_DIR / "gutenberg" / "blake-poems.txt", TEXT_DIR / "gutenberg" / "shakespeare-macbeth.txt",
-              TEXT_DIR / "inaugural" / "1789-Washington.txt"]
+TEXT_FILES = [PROSE[2], PROSE[3], PROSE[7], PROSE[0]]  # 30, 90, 90 and 6 kB: ~50k tokens
 
 
 class Small:
@@ -60,8 +59,14 @@ def baseline(data, tmp_path_factory):
     return outs
 
 
+def failpoint(point: str, action: str = "kill") -> str:
+    """'shard_renamed:3' -> the GPT2_PIPELINE_FAILPOINTS spec that fires on its 3rd pass."""
+    name, _, hit = point.partition(":")
+    return f"data_prep.{name}={action}@hit={hit}"
+
+
 def crashed_run(files, out, point: str, tag: str = "") -> subprocess.CompletedProcess:
-    env = subprocess_env(DATA_PREP_CRASH_AT=point, DATA_PREP_TEST_TAG=tag)
+    env = subprocess_env(GPT2_PIPELINE_FAILPOINTS=failpoint(point), DATA_PREP_TEST_TAG=tag)
     proc = run_module("data_prep.fineweb", *prep_args(files, out), check=False, env=env)
     assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
     return proc
@@ -84,7 +89,7 @@ def test_kill9_at_a_point_then_resume_is_byte_identical(data, baseline, tmp_path
     expected = baseline["parquet"]
     point = point.replace("LAST", str(n_shards(expected)))
     if point.startswith("worker"):  # a dead worker: the main process reports it and exits 2
-        env = subprocess_env(DATA_PREP_CRASH_AT=point)
+        env = subprocess_env(GPT2_PIPELINE_FAILPOINTS=failpoint(point))
         proc = run_module("data_prep.fineweb", *prep_args(data.parquet, tmp_path), check=False, env=env)
         assert proc.returncode == 2 and "worker process died" in proc.stderr and "Traceback" not in proc.stderr
     else:
@@ -169,7 +174,7 @@ def test_changed_input_file_is_refused(data, tmp_path):
 
 @pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_sigterm_and_sigint_stop_cleanly_then_resume(data, baseline, tmp_path, signame, code):
-    env = subprocess_env(DATA_PREP_CRASH_AT=f"chunk:2:{signame}")
+    env = subprocess_env(GPT2_PIPELINE_FAILPOINTS=failpoint("chunk:2", f"kill({signame})"))
     proc = run_module("data_prep.fineweb", *prep_args(data.parquet, tmp_path), check=False, env=env)
     assert proc.returncode == code and "Traceback" not in proc.stderr
     assert "the complete shards" in proc.stderr and "re-run the same command to resume" in proc.stderr

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TEXT_DIR, run_module
+from conftest import TEXT_FILES, run_module
 from data_prep import fineweb, verify
 
 SHARD = 20_000
@@ -17,7 +17,7 @@ SHARD = 20_000
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     out = tmp_path_factory.mktemp("pristine")
-    files = [TEXT_DIR / "gutenberg" / "shakespeare-macbeth.txt", TEXT_DIR / "gutenberg" / "blake-poems.txt"]
+    files = [TEXT_FILES[3], TEXT_FILES[7], TEXT_FILES[2]]  # 90, 90, 30 kB: 3 shards
     assert fineweb.main(["--files", *map(str, files), "--out", str(out), "--shard-size", str(SHARD),
                          "--workers", "0", "--no-progress"]) == 0
     return out

@@ -33,13 +33,13 @@ def run(tmp_path, data_dir):
 
 
 def evaluate(*args: str) -> int:
-    return main(["--hellaswag", str(HELLASWAG_VAL), "--limit", str(LIMIT), "--no-report", *map(str, args)])
+    return main(["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", str(LIMIT), "--no-report", *map(str, args)])
 
 
 def test_latest_checkpoint_results_match_the_shared_definitions(run, data_dir):
     assert evaluate("--checkpoint", run) == 0
     rows = {r["metric"]: r for r in results(run)}
-    assert set(rows) == {"hellaswag_acc", "hellaswag_acc_norm", "val_loss"}
+    assert set(rows) == {"hellaswag_acc", "hellaswag_acc_norm", "val_loss", "val_bpb"}
     ckpt = checkpoint_dir(run, 20)
     marker = json.loads((ckpt / "COMPLETE").read_text())
     for row in rows.values():
@@ -54,27 +54,28 @@ def test_latest_checkpoint_results_match_the_shared_definitions(run, data_dir):
     assert rows["hellaswag_acc"]["value"] == direct["acc"]
     assert rows["hellaswag_acc_norm"]["value"] == direct["acc_norm"]
     cfg = tiny_config(data_dir)
-    loss, n = compute_val_loss(model, val_token_stream(load_shard_set(data_dir), cfg.eval.val_tokens),
-                               cfg.train.seq_len, 16, CPU)
+    loss, n, bpb = compute_val_loss(model, val_token_stream(load_shard_set(data_dir), cfg.eval.val_tokens),
+                                    cfg.train.seq_len, 16, CPU)
     assert rows["val_loss"]["value"] == pytest.approx(loss, abs=1e-6)
+    assert rows["val_bpb"]["value"] == pytest.approx(bpb, abs=1e-6)
     assert rows["val_loss"]["n"] == n == cfg.eval.val_tokens
 
 
 def test_done_results_are_skipped_until_forced_or_the_data_changes(run):
     assert evaluate("--checkpoint", run) == 0
-    assert len(results(run)) == 3
+    assert len(results(run)) == 4
     assert evaluate("--checkpoint", run) == 0
-    assert len(results(run)) == 3  # nothing recomputed
+    assert len(results(run)) == 4  # nothing recomputed
     assert evaluate("--checkpoint", run, "--force", "--tasks", "val") == 0
-    assert [r["metric"] for r in results(run)[3:]] == ["val_loss"]
-    assert main(["--hellaswag", str(HELLASWAG_VAL), "--limit", "10", "--no-report", "--checkpoint", str(run),
+    assert [r["metric"] for r in results(run)[4:]] == ["val_loss", "val_bpb"]
+    assert main(["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "10", "--no-report", "--checkpoint", str(run),
                  "--tasks", "hellaswag"]) == 0
-    assert [r["n"] for r in results(run)[4:]] == [10, 10]  # other rows, other data hash
+    assert [r["n"] for r in results(run)[6:]] == [10, 10]  # other rows, other data hash
 
 
 def test_all_evaluates_every_complete_checkpoint_and_writes_the_report(run):
     shutil.copytree(checkpoint_dir(run, 20), checkpoint_dir(run, 30).with_name("step_000030.tmp"))
-    assert main(["--hellaswag", str(HELLASWAG_VAL), "--limit", "8", "--checkpoint", str(run), "--all",
+    assert main(["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "8", "--checkpoint", str(run), "--all",
                  "--tasks", "hellaswag"]) == 0
     assert sorted({r["step"] for r in results(run)}) == [10, 20]
     assert (run / "eval" / "report.md").is_file() and (run / "eval" / "report.html").is_file()
@@ -103,7 +104,7 @@ def _bad_cases(run: Path, data_dir: Path, tmp: Path):
     bad_rows.write_text("\n".join(lines) + "\n")
     foreign = make_val_shards(tmp / "foreign", n_chars=5000,
                               tokenizer={"name": "cl100k_base", "eot": 100257, "vocab_size": 100277})
-    hs = ["--hellaswag", str(HELLASWAG_VAL), "--limit", "4"]
+    hs = ["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "4"]
     return [
         ("missing", ["--checkpoint", str(run / "nope"), *hs], "no such checkpoint or run directory"),
         ("incomplete", ["--checkpoint", str(incomplete), *hs], "incomplete checkpoint"),
@@ -144,7 +145,7 @@ def test_hf_weights_score_like_transformers_itself(tmp_path):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=256))
     hf.save_pretrained(hf_dir)
     out = tmp_path / "runs" / "hf"
-    assert main(["--hf", str(hf_dir), "--out", str(out), "--hellaswag", str(HELLASWAG_VAL), "--limit", "24",
+    assert main(["--hf", str(hf_dir), "--out", str(out), "--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "24",
                  "--tasks", "hellaswag", "--no-report"]) == 0
     rows = {r["metric"]: r for r in results(out)}
     assert rows["hellaswag_acc"]["step"] is None and rows["hellaswag_acc"]["checkpoint"] == f"hf:{hf_dir}"

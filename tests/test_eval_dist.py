@@ -11,7 +11,7 @@ from conftest import HELLASWAG_VAL, run_torchrun
 from eval.__main__ import main
 
 # An odd count, so the ranks get different numbers of examples (31 and 30).
-ARGS = ["--hellaswag", str(HELLASWAG_VAL), "--limit", "61", "--batch-size", "16", "--no-report"]
+ARGS = ["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "61", "--batch-size", "16", "--no-report"]
 
 
 def test_two_ranks_give_the_same_counts_and_val_loss_as_one_process(tmp_path):
@@ -25,10 +25,11 @@ def test_two_ranks_give_the_same_counts_and_val_loss_as_one_process(tmp_path):
 
     one = {r["metric"]: r for r in results(single)}
     two = {r["metric"]: r for r in results(double)}
-    assert set(one) == set(two) == {"hellaswag_acc", "hellaswag_acc_norm", "val_loss"}
+    assert set(one) == set(two) == {"hellaswag_acc", "hellaswag_acc_norm", "val_loss", "val_bpb"}
     for metric in ("hellaswag_acc", "hellaswag_acc_norm"):
         assert two[metric]["n"] == one[metric]["n"] == 61
         assert round(two[metric]["value"] * 61) == round(one[metric]["value"] * 61), metric
     assert two["val_loss"]["n"] == one["val_loss"]["n"] == 2048
     assert two["val_loss"]["value"] == pytest.approx(one["val_loss"]["value"], abs=1e-5)
-    assert [r["world_size"] for r in results(double)] == [2, 2, 2]  # rank 0 alone wrote, once
+    assert two["val_bpb"]["value"] == pytest.approx(one["val_bpb"]["value"], abs=1e-5)
+    assert [r["world_size"] for r in results(double)] == [2, 2, 2, 2]  # rank 0 alone wrote, once

@@ -1,4 +1,5 @@
-"""pipeline/hellaswag.py on the real validation file: loading, rendering, scoring."""
+"""pipeline/hellaswag.py: loading, rendering, scoring on generated rows in the validation file's
+format; the canonical hash, row count and first row on the real file (`real_data`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import torch.nn.functional as F
 
 from _eval_support import tiny_config, tiny_model
 from conftest import HELLASWAG_VAL, TIKTOKEN_CACHE
+from _scoring_reference import reference_hellaswag
 from pipeline.hellaswag import (HELLASWAG_VAL_ROWS, HELLASWAG_VAL_SHA256, HellaSwagError, evaluate_hellaswag,
-                                hellaswag_sha256, load_hellaswag, predictions, score_batched,
-                                score_reference, verify_hellaswag)
+                                hellaswag_sha256, load_hellaswag, predictions, score_hellaswag,
+                                verify_hellaswag)
 
 CPU = torch.device("cpu")
 
@@ -29,9 +31,16 @@ def model():
     return tiny_model(tiny_config(), seed=0)
 
 
-def test_real_file_has_the_canonical_hash_and_row_count():
-    assert verify_hellaswag(HELLASWAG_VAL) == HELLASWAG_VAL_SHA256
-    assert sum(1 for _ in open(HELLASWAG_VAL)) == HELLASWAG_VAL_ROWS
+def test_real_file_has_the_canonical_hash_row_count_and_first_row(real_data, monkeypatch):
+    path = real_data / "hellaswag" / "hellaswag_val.jsonl"
+    assert verify_hellaswag(path) == HELLASWAG_VAL_SHA256
+    assert sum(1 for _ in open(path)) == HELLASWAG_VAL_ROWS
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+    enc = tiktoken.get_encoding("gpt2")
+    first = load_hellaswag(path, limit=1)[0]
+    # the first row, spelled out: the ending's leading space is part of its first token
+    assert enc.decode(list(first.endings[3])) == " starts pulling up roofing on a roof."
+    assert first.endings[3][0] == enc.encode(" starts")[0] and first.label == 3
 
 
 def test_rendering_matches_an_independent_tiktoken_encoding(examples, monkeypatch):
@@ -42,16 +51,15 @@ def test_rendering_matches_an_independent_tiktoken_encoding(examples, monkeypatc
         assert list(ex.ctx) == enc.encode(row["ctx"])
         assert [list(e) for e in ex.endings] == [enc.encode(" " + e) for e in row["endings"]]
         assert ex.label == row["label"]
-    # the first row, spelled out: the ending's leading space is part of its first token
-    assert enc.decode(list(examples[0].endings[3])) == " starts pulling up roofing on a roof."
-    assert examples[0].endings[3][0] == enc.encode(" starts")[0]
+        # the ending's leading space is part of its first token
+        assert [enc.decode(list(e)) for e in ex.endings] == [" " + e for e in row["endings"]]
 
 
 def test_limit_and_data_hash_cover_exactly_the_rows_evaluated(examples):
     assert len(examples) == 500 and examples[499].line == 500
     first = b"".join(open(HELLASWAG_VAL, "rb").readlines()[:500])
     assert hellaswag_sha256(HELLASWAG_VAL, limit=500) == hashlib.sha256(first).hexdigest()
-    assert hellaswag_sha256(HELLASWAG_VAL) == HELLASWAG_VAL_SHA256
+    assert hellaswag_sha256(HELLASWAG_VAL) == hashlib.sha256(HELLASWAG_VAL.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -81,9 +89,9 @@ def test_a_file_that_is_not_the_validation_set_fails_the_hash_check(tmp_path):
         load_hellaswag(tmp_path / "missing.jsonl")
 
 
-def test_reference_is_summed_cross_entropy_over_ending_tokens_only(examples, model):
+def test_score_is_summed_cross_entropy_over_ending_tokens_only(examples, model):
     """Spell the definition out position by position for two examples."""
-    scores = score_reference(model, examples[:2], CPU)
+    scores = score_hellaswag(model, examples[:2], CPU)
     model.eval()
     with torch.no_grad():
         for i, ex in enumerate(examples[:2]):
@@ -100,17 +108,17 @@ def test_reference_is_summed_cross_entropy_over_ending_tokens_only(examples, mod
 
 def test_batched_predictions_equal_one_example_at_a_time(examples, model):
     subset = examples[:32]
-    reference = score_reference(model, subset, CPU)
+    reference = reference_hellaswag(model, subset)
     for batch_size in (5, 32):
-        batched = score_batched(model, subset, CPU, batch_size=batch_size)
+        batched = score_hellaswag(model, subset, CPU, batch_size=batch_size)
         torch.testing.assert_close(batched, reference, rtol=2e-5, atol=2e-4)
         for ref, got in zip(predictions(reference), predictions(batched)):
             assert torch.equal(ref, got), f"batch_size {batch_size}: predictions differ"
 
 
 def test_batched_scoring_is_independent_of_which_examples_share_a_batch(examples, model):
-    alone = score_batched(model, examples[40:41], CPU)
-    mixed = score_batched(model, examples[:60], CPU, batch_size=60)[40:41]
+    alone = score_hellaswag(model, examples[40:41], CPU)
+    mixed = score_hellaswag(model, examples[:60], CPU, batch_size=60)[40:41]
     torch.testing.assert_close(mixed, alone, rtol=2e-5, atol=2e-4)
 
 
@@ -139,6 +147,6 @@ def test_model_is_left_in_its_training_mode(examples, model):
 
 
 def test_bf16_autocast_scores_stay_close_to_fp32(examples, model):
-    fp32 = score_batched(model, examples[:8], CPU)
-    bf16 = score_batched(model, examples[:8], CPU, autocast_dtype=torch.bfloat16)
+    fp32 = score_hellaswag(model, examples[:8], CPU)
+    bf16 = score_hellaswag(model, examples[:8], CPU, autocast_dtype=torch.bfloat16)
     torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0.0)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 
+import huggingface_hub
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import run_module
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import Config, ModelConfig
 from pipeline.hf import HFError, export_hf, load_hf_gpt2, main, to_hf_state_dict
 from pipeline.model import GPT
-from pipeline.safetensors_io import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,7 +56,7 @@ IDX = torch.randint(0, 50257, (2, 48), generator=torch.Generator().manual_seed(1
 
 def test_import_matches_transformers(hf_dir):
     theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_dir)
-    ours = GPT.from_pretrained(str(hf_dir))
+    ours = load_hf_gpt2(str(hf_dir))
     assert ours.config == ModelConfig(**SMALL, block_size=BLOCK)
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert (ours_logits(ours, IDX) - hf_logits(theirs, IDX)).abs().max() <= 1e-5
@@ -185,10 +186,17 @@ def test_untied_lm_head_and_foreign_architecture_are_refused(hf_dir, tmp_path):
         load_hf_gpt2(out)
 
 
+def test_damaged_safetensors_is_named(hf_dir, tmp_path):
+    out = _variant(hf_dir, tmp_path)
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(HFError, match="model.safetensors: not a valid safetensors file"):
+        load_hf_gpt2(out)
+
+
 def test_hub_name_resolves_only_through_the_local_cache(hf_dir, tmp_path, monkeypatch):
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    # huggingface_hub reads HF_HOME / HF_HUB_CACHE once, at import; point its cache here.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     with pytest.raises(HFError, match="nothing is downloaded") as err:
         load_hf_gpt2("gpt2")
     assert str(tmp_path / "hf_home" / "hub") in str(err.value)

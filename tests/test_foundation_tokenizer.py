@@ -1,5 +1,6 @@
-"""pipeline/tokenizer.py: known ids, exact agreement with tiktoken's own gpt2 on the real
-text corpus for each of our BPE sources, and hash verification of the BPE files."""
+"""pipeline/tokenizer.py: known ids, exact agreement with tiktoken's own gpt2 on real English
+(the generated test corpus, and the shared real corpus when `real_data` is there) for each of
+our BPE sources, and hash verification of the BPE files."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ import shutil
 import pytest
 import tiktoken
 
-from conftest import SHARED_DATA, TEXT_DIR, TIKTOKEN_CACHE
+from conftest import BPE_DIR, TEXT_DIR, TIKTOKEN_CACHE
 from pipeline import tokenizer
 from pipeline.tokenizer import EOT, OFFICIAL_SHA256, TokenizerError, get_tokenizer, official_bpe_files
-
-BPE_DIR = SHARED_DATA / "tokenizer" / "gpt2"
 
 
 @pytest.fixture(autouse=True)
@@ -25,12 +24,10 @@ def fresh_cache(monkeypatch):
     tokenizer._load.cache_clear()
 
 
-@pytest.fixture(scope="module")
-def corpus() -> list[str]:
-    """Every file of ../shared/data/text. Nine are Latin-1/cp1252: decoded as latin-1, so both
+def read_corpus(text_dir) -> list[str]:
+    """Every text file under text_dir. The cp1252 ones are decoded as latin-1, so both
     tokenizers see the very same (slightly mojibake) text; the point is identical ids."""
-    files = sorted(TEXT_DIR.rglob("*.txt"))
-    assert len(files) == 1 + 13 + 55 + 65, "the shared text corpus changed"
+    files = sorted(text_dir.rglob("*.txt"))
     texts = []
     for path in files:
         data = path.read_bytes()
@@ -41,16 +38,28 @@ def corpus() -> list[str]:
     return texts
 
 
-@pytest.fixture(scope="module")
-def reference(corpus) -> list[list[int]]:
-    """tiktoken's own gpt2 encoding (from the shared tiktoken cache, hashes checked by tiktoken)."""
+def reference_ids(texts: list[str]) -> list[list[int]]:
+    """tiktoken's own gpt2 encoding (its loader, its cache: built from the installed package's
+    files by tests/generated_data.py, hashes checked by tiktoken)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
     try:
         enc = tiktoken.get_encoding("gpt2")
     finally:
         mp.undo()
-    return [enc.encode_ordinary(text) for text in corpus]
+    return [enc.encode_ordinary(text) for text in texts]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    texts = read_corpus(TEXT_DIR)
+    assert len(texts) >= 45 and "" in texts, "the generated corpus lost its files or its empty document"
+    return texts
+
+
+@pytest.fixture(scope="module")
+def reference(corpus) -> list[list[int]]:
+    return reference_ids(corpus)
 
 
 def _offline(name):
@@ -66,12 +75,12 @@ def test_known_ids():
     assert enc.decode([15496, 995]) == "Hello world"
 
 
-def _assert_same_ids(enc: tiktoken.Encoding, corpus, reference) -> None:
+def _assert_same_ids(enc: tiktoken.Encoding, corpus, reference, min_tokens: int = 600_000) -> None:
     total = 0
     for text, ids in zip(corpus, reference):
         assert enc.encode_ordinary(text) == ids
         total += len(ids)
-    assert total > 2_000_000  # ~10 MB of English: the comparison covered real volume
+    assert total > min_tokens  # ~3 MB of English: the comparison covered real volume
     assert len(reference[-1]) > 0
 
 
@@ -81,6 +90,20 @@ def test_package_source_matches_tiktoken(monkeypatch, tmp_path, corpus, referenc
     # tiktoken keeps the reference encoding in a registry; make sure we did not just get it back.
     monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", _offline)
     _assert_same_ids(get_tokenizer(), corpus, reference)
+
+
+def test_package_source_matches_tiktoken_on_the_real_corpus(monkeypatch, tmp_path, real_data):
+    """The same on every file of the real text corpus (~10 MB: books, speeches, cp1252 files)."""
+    texts = read_corpus(real_data / "text")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    reference = reference_ids(texts)
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", _offline)
+    _assert_same_ids(get_tokenizer(), texts, reference, min_tokens=300_000)
+
+
+def test_derived_ranks_file_is_openais(tmp_path):
+    """gpt2.tiktoken written from the package's encoder.json has the sha256 of OpenAI's file."""
+    assert hashlib.sha256((BPE_DIR / "gpt2.tiktoken").read_bytes()).hexdigest() == OFFICIAL_SHA256["gpt2.tiktoken"]
 
 
 def test_tiktoken_ranks_file_source_matches_tiktoken(tmp_path, corpus, reference):
@@ -98,8 +121,8 @@ def test_directory_sources(monkeypatch, tmp_path):
     assert get_tokenizer(str(BPE_DIR)).encode("Hello world<|endoftext|>", allowed_special="all") == [15496, 995, EOT]
 
 
-def test_tinyshakespeare_token_count():
-    text = (TEXT_DIR / "tinyshakespeare.txt").read_text(encoding="utf-8")
+def test_tinyshakespeare_token_count(real_data):
+    text = (real_data / "text" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     assert len(get_tokenizer().encode_ordinary(text)) == 338_025  # ../shared/data/README.md
 
 

@@ -1,6 +1,6 @@
 """The slurm/ scripts, run by a real one-node Slurm cluster started on this machine.
 
-The jobs are the real scripts on real text (../shared/data/text): data prep, training
+The jobs are the real scripts on real text (the generated test corpus, tests/generated_data.py): data prep, training
 with 2 local gloo workers under torchrun, evaluation, the submit.sh chain, and preemption
 the way Slurm does it (SIGUSR1 to the batch shell) ending in a requeued run that resumes
 and reproduces the uninterrupted run's per-step losses exactly.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HELLASWAG_VAL, REPO, TEXT_DIR, subprocess_env
+from conftest import HELLASWAG_VAL, REPO, TEXT_DIR, require_system, subprocess_env
 from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import list_checkpoints, step_of
 from pipeline.shards import load_shard_set
@@ -33,7 +33,7 @@ CHAIN_STEPS = 6
 WORKERS = 2  # torchrun workers per node: gloo on CPU
 # A fresh tokenization of the same files gives byte-identical shards (data_prep's contract),
 # so every run below trains on the same tokens.
-TEXT_GLOB = str(TEXT_DIR / "inaugural" / "*.txt")
+TEXT_GLOB = str(TEXT_DIR / "prose" / "0*.txt")  # 10 files, ~0.5 MB
 DATA_ARGS = ["--files", TEXT_GLOB, "--encoding-errors", "cp1252", "--shard-size", "20000", "--no-progress"]
 
 TINY_TOML = """\
@@ -69,6 +69,7 @@ val_tokens = 2048
 
 @pytest.fixture(scope="module")
 def cluster():
+    require_system("the Slurm tests install slurm-wlm and munge and start their daemons")
     try:
         installed_s = ensure_installed()
     except SlurmUnavailable as why:
@@ -162,14 +163,15 @@ def test_train_job_runs_torchrun_workers_to_max_steps(reference_run, work):
     assert json.loads((reference_run / "run.json").read_text())["world_size"] == WORKERS
     assert [step_of(p) for p in list_checkpoints(reference_run)] == [MAX_STEPS]
     log = (work / "train-reference.out").read_text()
-    assert f"1 node(s) x {WORKERS} worker(s), rendezvous localhost:" in log
+    # One thread per worker (2 CPUs, 2 workers); the rendezvous at the head node's NodeAddr.
+    assert f"1 node(s) x {WORKERS} worker(s), 1 thread(s) each, rendezvous 127.0.0.1:" in log
     assert "training finished" in log
 
 
 def test_eval_job_scores_the_checkpoint_and_writes_the_report(cluster, reference_run, shards, work):
     log = work / "eval.out"
     job = cluster.sbatch(f"--output={log}", "slurm/eval.sbatch", "--checkpoint", str(reference_run),
-                         "--hellaswag", str(HELLASWAG_VAL), "--limit", "8", "--val-data", str(shards),
+                         "--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "8", "--val-data", str(shards),
                          env=job_env(cluster), cwd=REPO)
     assert_completed(cluster, job, log)
     rows = read_jsonl(reference_run / "eval" / "results.jsonl")
@@ -183,7 +185,7 @@ def test_submit_chain_runs_data_train_eval_in_order_and_ends_with_a_report(clust
     config = write_config(work / "chain.toml", data)
     env = job_env(cluster, RUN_DIR=str(run), DATA_DIR=str(data), DATA_ARGS=" ".join(DATA_ARGS),
                   GPUS_PER_NODE=str(WORKERS), CPUS_PER_GPU="1", GPU_REQUEST="", EVAL_GPU_REQUEST="",
-                  HELLASWAG=str(HELLASWAG_VAL), EVAL_ARGS="--limit 8", EVAL_CPUS="1")
+                  HELLASWAG=str(HELLASWAG_VAL), EVAL_ARGS="--limit 8 --hellaswag-unverified", EVAL_CPUS="1")
     del env["PROJECT_DIR"]  # run from another directory: submit.sh must find the checkout itself
     # Overrides after the config reach the trainer (and a shorter run keeps the test quick).
     proc = subprocess.run([str(REPO / "slurm" / "submit.sh"), str(config), f"--train.max_steps={CHAIN_STEPS}"],
@@ -222,7 +224,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     log, watch_log = work / "train-preempted.out", work / "watch.out"
     name = f"preempt-{uuid.uuid4().hex[:8]}"
     # Slow steps down so the signal lands mid-run; they are just as deterministic.
-    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS), GPT2_PIPELINE_TEST_STEP_SLEEP="0.3")
+    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS), GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.3)")
     # One CPU each (the 2 workers share it) so that the watcher fits beside training.
     waiter = subprocess.Popen(
         ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", "--cpus-per-task=1",
@@ -232,7 +234,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
         job = _job_id_by_name(cluster, name)
         watcher = cluster.submit(f"--output={watch_log}", f"--dependency=after:{job}", "--cpus-per-task=1",
                                  "slurm/eval.sbatch", "--watch", str(run), "--exit-when-done", "--interval", "1",
-                                 "--hellaswag", str(HELLASWAG_VAL), "--limit", "8", "--val-data", str(shards),
+                                 "--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "8", "--val-data", str(shards),
                                  env=job_env(cluster), cwd=REPO)
         _wait_for_step(run, 3, timeout=120)
         cluster.run("scancel", "--signal=USR1", "--batch", str(job))  # what --signal=B:USR1@300 does
@@ -247,7 +249,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     assert [r["JobState"] for r in runs] == ["PENDING", "COMPLETED"]  # requeued once, then done
 
     text = log.read_text()
-    stopped = int(re.search(r"trainer saved a checkpoint at step (\d+) and exited 3", text)[1])
+    stopped = int(re.search(r"trainer stopped at step (\d+) \(exit record: 3\); requeueing", text)[1])
     assert 3 <= stopped < MAX_STEPS
     assert "got SIGUSR1" in text and "restart 0," in text and "restart 1," in text, text
     # The resumed run started from the preemption checkpoint, not from scratch: no step
@@ -259,6 +261,34 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     cluster.wait_finished(watcher, timeout=120)
     assert_completed(cluster, watcher, watch_log)
     assert {r["step"] for r in read_jsonl(run / "eval" / "results.jsonl")} == {stopped, MAX_STEPS}
+
+
+def test_usr1_during_the_final_step_ends_completed_not_failed(cluster, shards, work):
+    """Issue 18 defect 1: USR1 arrives while the trainer finishes its last step. The trainer
+    records exit 0 in exit.json, torchrun (itself signalled) may exit 1; the job is COMPLETED
+    (a FAILED one would make --kill-on-invalid-dep cancel the afterok eval of a finished run)."""
+    run, log = work / "runs" / "usr1-at-end", work / "train-usr1-at-end.out"
+    name = f"usr1-end-{uuid.uuid4().hex[:8]}"
+    # The last step stalls after its checkpoint: the signal lands in the trainer's final moments.
+    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS),
+                  GPT2_PIPELINE_FAILPOINTS=f"train.after_step=sleep(5)@step={MAX_STEPS}")
+    waiter = subprocess.Popen(
+        ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", f"--cpus-per-task={WORKERS}",
+         "slurm/train.sbatch", "--config", str(write_config(work / "usr1-end.toml", shards)), "--run-dir", str(run)],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        job = _job_id_by_name(cluster, name)
+        _wait_for_step(run, MAX_STEPS, timeout=300)
+        cluster.run("scancel", "--signal=USR1", "--batch", str(job))
+        out, _ = waiter.communicate(timeout=240)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    runs = assert_completed(cluster, job, log)
+    assert [r["JobState"] for r in runs] == ["COMPLETED"]  # not requeued, not FAILED
+    text = log.read_text()
+    assert "got SIGUSR1" in text and "training finished (SIGUSR1 arrived as it ended; the step exited" in text, text
+    assert json.loads((run / "exit.json").read_text())["code"] == 0
 
 
 def _poll(probe, timeout: float, what: str):

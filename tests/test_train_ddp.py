@@ -44,7 +44,7 @@ def killed(tmp_path_factory, config):
     """2 ranks, every rank SIGKILLed right after step 5 (last checkpoint: step 3)."""
     def build(path):
         proc = run_torchrun(2, "train", "--config", config, "--run-dir", path / "run", check=False,
-                            env=subprocess_env(GPT2_PIPELINE_TEST_KILL_AT_STEP="5"))
+                            env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=kill@step=5"))
         assert proc.returncode != 0
     return memo_dir(tmp_path_factory, "killed_2p", build) / "run"
 
@@ -86,7 +86,7 @@ def test_kill_then_signal_on_one_rank_then_resume_is_bitwise_identical(killed, s
     # Resume; SIGTERM only rank 1 mid-run: both ranks must stop after the same step and save.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "train", "--config", str(config), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="1.5"),
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(1.5)"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trimmed = []  # the copied metrics may hold steps 4-5 of the killed run until the trainer trims them
 

@@ -51,7 +51,7 @@ def test_baseline_trains(baseline):
 def test_sigkill_mid_run_then_resume_is_bitwise_identical(config, baseline, tmp_path):
     run = tmp_path / "run"
     killed = run_module("train", "--config", config, "--run-dir", run, check=False,
-                        env=subprocess_env(GPT2_PIPELINE_TEST_KILL_AT_STEP="5"))
+                        env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=kill@step=5"))
     assert killed.returncode == -signal.SIGKILL
     assert latest_checkpoint(run).name == "step_000003"
     assert 3 <= max(losses(run)) <= 5  # rows after step 3 may have reached the disk before the kill
@@ -64,7 +64,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(config, baseline, tmp_
 
 def test_sigterm_checkpoints_exits_3_and_resume_continues_the_same_trajectory(config, baseline, tmp_path):
     run = tmp_path / "run"
-    proc = start(config, run, subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="0.5"))
+    proc = start(config, run, subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.5)"))
     wait_for(lambda: len(train_rows(run)) >= 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -80,7 +80,7 @@ def test_sigterm_checkpoints_exits_3_and_resume_continues_the_same_trajectory(co
 
 def test_sigkill_during_a_checkpoint_write_leaves_nothing_resume_would_load(config, baseline, tmp_path):
     run = tmp_path / "run"
-    env = subprocess_env(GPT2_PIPELINE_TEST_SAVE_SLEEP="4:60")  # stall the save of step 4 halfway
+    env = subprocess_env(GPT2_PIPELINE_FAILPOINTS="checkpoint.file_written=sleep(60)@step=4")  # stall the save of step 4 halfway
     proc = start(config, run, env, "--train.checkpoint_every=2")
     partial = ckpt_dir(run, 4).with_name("step_000004.tmp")
     wait_for(lambda: (partial / "model.pt").exists(), proc)

@@ -12,6 +12,7 @@ from _train_support import (TINY_TOML, assert_bitwise_equal, ckpt_dir, losses, s
                             weights, write_config)
 from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import list_checkpoints
+from pipeline.failpoints import armed
 from train import EXIT_NONFINITE, EXIT_OK
 from train.__main__ import main
 
@@ -83,9 +84,9 @@ def test_target_loss_stops_early_with_a_checkpoint(config, tmp_path, capsys):
 
 def test_a_non_finite_step_is_skipped_on_every_rank_and_training_goes_on(config, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    monkeypatch.setenv("GPT2_PIPELINE_TEST_NAN_STEPS", "3,4")
-    assert main(["--config", str(config), "--run-dir", str(run), "--train.checkpoint_every=2",
-                 "--train.max_steps=6"]) == EXIT_OK
+    with armed("train.nan_loss", "return@step=3|4"):
+        assert main(["--config", str(config), "--run-dir", str(run), "--train.checkpoint_every=2",
+                     "--train.max_steps=6"]) == EXIT_OK
     by_step = losses(run)
     assert by_step[3] is None and by_step[4] is None
     assert all(by_step[s] is not None for s in (1, 2, 5, 6))
@@ -98,9 +99,9 @@ def test_a_non_finite_step_is_skipped_on_every_rank_and_training_goes_on(config,
 def test_too_many_non_finite_steps_stop_with_exit_4_keeping_the_last_good_checkpoint(config, tmp_path,
                                                                                         monkeypatch, capsys):
     run = tmp_path / "run"
-    monkeypatch.setenv("GPT2_PIPELINE_TEST_NAN_STEPS", ",".join(map(str, range(3, 20))))
-    code = main(["--config", str(config), "--run-dir", str(run), "--train.checkpoint_every=2",
-                 "--train.max_bad_steps=3", "--train.max_steps=20"])
+    with armed("train.nan_loss", "return@step=" + "|".join(map(str, range(3, 20)))):
+        code = main(["--config", str(config), "--run-dir", str(run), "--train.checkpoint_every=2",
+                     "--train.max_bad_steps=3", "--train.max_steps=20"])
     assert code == EXIT_NONFINITE
     err = capsys.readouterr().err
     assert "error: 3 non-finite steps in a row (steps 3..5" in err and "step_000004" in err
@@ -111,7 +112,7 @@ def test_too_many_non_finite_steps_stop_with_exit_4_keeping_the_last_good_checkp
     assert max(r["step"] for r in train_rows(run)) == 5
 
 
-def test_in_loop_hellaswag_uses_the_shared_scorer(config, tmp_path):
+def test_in_loop_hellaswag_uses_the_shared_scorer(config, tmp_path, hellaswag_pinned_to_generated):
     pytest.importorskip("pipeline.hellaswag", reason="pipeline/hellaswag.py (eval helper) is not in this branch yet")
     from conftest import HELLASWAG_VAL
     run = tmp_path / "run"

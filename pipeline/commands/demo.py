@@ -6,6 +6,8 @@
     eval    python -m eval                     val loss (+ HellaSwag if present) per checkpoint,
                                                report.md / report.html with plots
     then a few samples from the final checkpoint and the commands for the real run.
+    --finetune: then fine-tune that model on stdlib questions and answers and show
+    held-out answers before and after (pipeline/commands/demo_finetune.py).
 
 Each stage is the same command a user would type (printed as it runs); a stage whose
 output is complete is skipped, so a second run only redoes what is missing. Overrides
@@ -26,6 +28,7 @@ from pipeline.config import ConfigError, resolve
 from pipeline.commands.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
                                   eval_done, format_seconds, python_module, run_stages,
                                   train_done, trainer_exit_code)
+from pipeline.commands.demo_finetune import finetune_stages, print_before_after
 from pipeline.commands.run import eval_command
 
 DEFAULT_CONFIG = CODE_ROOT / "configs" / "demo.toml"
@@ -44,6 +47,9 @@ class Layout:
         self.hellaswag_dir = work_dir / "data" / "hellaswag"
         self.hellaswag = self.hellaswag_dir / "hellaswag_val.jsonl"
         self.run = work_dir / "runs" / "demo"
+        self.qa = work_dir / "data" / "demo" / "qa.jsonl"
+        self.sft_shards = work_dir / "data" / "demo" / "sft"
+        self.sft_run = work_dir / "runs" / "demo-sft"
 
 
 def find_hellaswag(layout: Layout, explicit: str | None, offline: bool) -> tuple[Path | None, str]:
@@ -69,7 +75,7 @@ def find_hellaswag(layout: Layout, explicit: str | None, offline: bool) -> tuple
 
 
 def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: Path | None,
-                hellaswag_limit: int) -> list[Stage]:
+                hellaswag_limit: int, hellaswag_unverified: bool = False) -> list[Stage]:
     shards = str(layout.shards)
     cfg = resolve(config, [f"--data.dir={shards}", *overrides])
     corpus = Stage("corpus", [python_module("pipeline.commands.demo_corpus", "--out", str(layout.corpus))],
@@ -82,6 +88,8 @@ def demo_stages(layout: Layout, config: Path, overrides: list[str], hellaswag: P
                   done=lambda: train_done(layout.run, cfg.train.max_steps),
                   exit_code=trainer_exit_code(layout.run))
     tasks = ["--tasks", "val"] if hellaswag is None else ["--hellaswag", str(hellaswag), "--limit", str(hellaswag_limit)]
+    if hellaswag is not None and hellaswag_unverified:
+        tasks.append("--hellaswag-unverified")
     metrics = ("val_loss",) if hellaswag is None else ("val_loss", "hellaswag_acc_norm")
     evaluate = Stage("eval", [eval_command(layout.run, shards, *tasks)], done=lambda: eval_done(layout.run, metrics))
     return [corpus, data, train, evaluate]
@@ -132,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "downloaded when possible)")
     p.add_argument("--hellaswag-limit", type=int, default=200,
                    help="HellaSwag examples per checkpoint (0 = all 10,042; the full set takes long on CPU)")
+    p.add_argument("--hellaswag-unverified", action="store_true",
+                   help="score a HellaSwag-format file of your own (eval --hellaswag-unverified)")
     p.add_argument("--offline", action="store_true", help="do not try to download HellaSwag")
     p.add_argument("--no-samples", action="store_true", help="skip the closing samples")
+    p.add_argument("--finetune", action="store_true",
+                   help="then fine-tune the demo model on stdlib questions/answers (runs/demo-sft)")
     return p
 
 
@@ -146,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--hellaswag-limit {args.hellaswag_limit}: must be >= 0")
         resolve(args.config, overrides)  # bad overrides fail here, before any work
         hellaswag, note = find_hellaswag(layout, args.hellaswag, args.offline)
-        stages = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit)
+        stages = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit,
+                             args.hellaswag_unverified)
+        if args.finetune:
+            stages += finetune_stages(layout.qa, layout.sft_shards, layout.run, layout.sft_run, Path(args.config))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return err.code
     if not args.no_samples:
         print_samples(layout)
+    if args.finetune:
+        print_before_after(layout.qa, layout.sft_shards, layout.run, layout.sft_run)
     elapsed = format_seconds(time.monotonic() - start)
     report = layout.run / REPORT
     print(f"\nDemo complete in {elapsed}: {loss_summary(layout)}")

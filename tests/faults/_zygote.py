@@ -71,7 +71,7 @@ def _exit_code(status: int) -> int:
 
 def serve() -> None:
     import importlib
-    for module in PRELOAD:
+    for module in PRELOAD + tuple(filter(None, os.environ.get("ZYGOTE_PRELOAD", "").split(","))):
         importlib.import_module(module)
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     finished: dict[int, int] = {}
@@ -111,10 +111,13 @@ class Run:
 
 
 class Zygote:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        """env: the zygote's own environment (default subprocess_env()); what libraries read at
+        import (e.g. HF_ENDPOINT) is fixed here for every run it forks. ZYGOTE_PRELOAD in it
+        names extra modules to import (comma-separated)."""
         from conftest import REPO, subprocess_env
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=REPO,
-                                     env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env or subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, bufsize=1)
         self.running: set[int] = set()
 

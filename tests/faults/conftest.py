@@ -120,6 +120,19 @@ def zygote():
         yield z
 
 
+def pytest_sessionfinish(session):
+    """An xdist worker hands its part of the ledger to the controller (see pytest_testnodedown)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["faults"] = [asdict(f) for f in LEDGER.faults]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # noqa: ARG001 - hook signature
+    """On the xdist controller (tests/conftest.py registers this module there): merge each worker's faults."""
+    LEDGER.faults.extend(Fault(**f) for f in getattr(node, "workeroutput", {}).get("faults", []))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - hook signature
     lines = LEDGER.render()
     if not lines:

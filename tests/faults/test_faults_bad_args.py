@@ -193,7 +193,7 @@ POSITIVE_INT_FLAGS = ["--batch-size", "--val-tokens", "--seq-len", "--val-batch-
 
 @st.composite
 def eval_mistake(draw, run: Path, missing: Path):
-    base = ["--checkpoint", run, "--hellaswag", HELLASWAG_VAL, "--limit", "4", "--tasks", "hellaswag", "--no-report"]
+    base = ["--checkpoint", run, "--hellaswag", HELLASWAG_VAL, "--hellaswag-unverified", "--limit", "4", "--tasks", "hellaswag", "--no-report"]
     kind = draw(st.sampled_from(["int type", "int range", "float type", "device", "dtype", "tasks", "missing path",
                                  "unknown", "conflict", "no value"]))
     if kind == "int type":
@@ -241,7 +241,7 @@ def test_eval_refuses_a_device_this_machine_lacks(device, eval_run, fault_log):
     if (torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()):
         pytest.skip(f"this machine has {device}")
     from eval.__main__ import main
-    argv = ["--checkpoint", eval_run, "--hellaswag", HELLASWAG_VAL, "--limit", "4", "--tasks", "hellaswag",
+    argv = ["--checkpoint", eval_run, "--hellaswag", HELLASWAG_VAL, "--hellaswag-unverified", "--limit", "4", "--tasks", "hellaswag",
             "--no-report", "--device", device]
     _assert_refused(fault_log, "bad args: eval", main, argv, ["--device", device], (eval_run / "eval").exists)
     assert not (eval_run / "eval").exists()

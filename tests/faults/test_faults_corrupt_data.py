@@ -245,7 +245,7 @@ HELLASWAG_FAULTS = ["flip", "flip", "flip", "truncate at a row", "truncate mid-r
 
 @pytest.mark.parametrize("index", range(len(HELLASWAG_FAULTS)))
 def test_a_damaged_hellaswag_file_is_named_by_eval_and_the_in_loop_evaluation(index, eval_run, tiny_config, tmp_path,
-                                                                              fault_log):
+                                                                              fault_log, hellaswag_pinned_to_generated):
     from eval.__main__ import main as eval_main
     from train.__main__ import main as train_main
     rng = random.Random(SEED * 100 + index)

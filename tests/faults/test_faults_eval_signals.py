@@ -30,7 +30,7 @@ from faults._inject import call_main, describe, is_clean_error
 from pipeline.checkpoint import list_checkpoints
 
 SEED = 6
-HS = ["--hellaswag", str(HELLASWAG_VAL), "--limit", "24"]
+HS = ["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "24"]  # generated rows
 METRICS = ("hellaswag_acc", "hellaswag_acc_norm", "val_loss")
 
 
@@ -133,7 +133,7 @@ def test_an_append_killed_half_way_is_repaired_and_redone_exactly_once(where, ru
     from eval.__main__ import main as eval_main
     from pipeline.atomic import read_jsonl
     ckpt = list_checkpoints(run)[0]
-    argv = ["--checkpoint", ckpt, "--tasks", "hellaswag", "--hellaswag", HELLASWAG_VAL, "--limit", "4", "--no-report"]
+    argv = ["--checkpoint", ckpt, "--tasks", "hellaswag", "--hellaswag", HELLASWAG_VAL, "--hellaswag-unverified", "--limit", "4", "--no-report"]
     code, _, err = call_main(eval_main, argv)
     assert code == 0, describe(code, err)
     path = results_file(run)
@@ -165,7 +165,7 @@ def test_a_damaged_line_inside_a_jsonl_file_is_a_one_line_error(which, run, tiny
     from eval.__main__ import main as eval_main
     from train.__main__ import main as train_main
     ckpt = list_checkpoints(run)[-1]
-    argv = ["--checkpoint", ckpt, "--tasks", "hellaswag", "--hellaswag", HELLASWAG_VAL, "--limit", "3", "--no-report"]
+    argv = ["--checkpoint", ckpt, "--tasks", "hellaswag", "--hellaswag", HELLASWAG_VAL, "--hellaswag-unverified", "--limit", "3", "--no-report"]
     assert call_main(eval_main, argv)[0] == 0
     path = results_file(run) if which == "results.jsonl" else run / "metrics.jsonl"
     lines = path.read_text().splitlines(keepends=True)

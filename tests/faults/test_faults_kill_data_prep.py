@@ -1,7 +1,7 @@
 """Fault kind 1a: kill -9 sweep of `python -m data_prep.fineweb`.
 
 The same command is SIGKILLed at 24 seeded-random moments and re-run after each: at named
-points inside shard writes (data_prep/crash_points.py: temp file written but not renamed,
+points inside shard writes (pipeline/failpoints.py's data_prep.* points: temp file written but not renamed,
 renamed but not in the manifest, manifest written, a chunk consumed, a tokenizer worker
 starting a chunk) and after seeded-random delays (anywhere: start-up, tokenizing, fsync).
 After every kill the shards the manifest already listed are untouched; when a re-run
@@ -55,8 +55,8 @@ def test_data_prep_killed_24_times_resumes_to_byte_identical_output(zygote, tmp_
             if rng.random() < 0.6:  # a named point inside the stage
                 point = rng.choice(POINTS)
                 most = n_shards - done if point.startswith(("shard", "manifest")) else len(CORPUS_FILES)
-                spec = f"{point}:{rng.randint(1, max(1, most))}"
-                env["DATA_PREP_CRASH_AT"] = spec
+                spec = f"data_prep.{point}=kill@hit={rng.randint(1, max(1, most))}"
+                env["GPT2_PIPELINE_FAILPOINTS"] = spec
                 proc = zygote.start("data_prep.fineweb", argv_of(out), env, tmp_path / f"a{attempt}.log")
                 code = zygote.wait(proc, timeout=300)
                 where = f"at {spec}"

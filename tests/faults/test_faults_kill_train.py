@@ -63,10 +63,10 @@ def choose_kill(rng: random.Random, resume_step: int) -> tuple[str, dict[str, st
     kind = rng.choice(["after step", "inside a save", "random moment", "random moment"])
     if kind == "after step":
         step = rng.randint(resume_step + 1, STEPS)
-        return f"right after step {step}", {"GPT2_PIPELINE_TEST_KILL_AT_STEP": str(step)}, None
+        return f"right after step {step}", {"GPT2_PIPELINE_FAILPOINTS": f"train.after_step=kill@step={step}"}, None
     if kind == "inside a save" and later:
         step = rng.choice(later)
-        return f"inside the save of step {step}", {"GPT2_PIPELINE_TEST_SAVE_SLEEP": f"{step}:60"}, step
+        return f"inside the save of step {step}", {"GPT2_PIPELINE_FAILPOINTS": f"checkpoint.file_written=sleep(60)@step={step}"}, step
     delay = rng.uniform(0.3, 3.0)
     return f"{delay * 1000:.0f} ms after launch", {}, delay
 

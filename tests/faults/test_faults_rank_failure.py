@@ -3,7 +3,7 @@ down and starts it again; the new attempt resumes from the last complete checkpo
 the run finishes with exactly the per-step losses and weights of an uninterrupted run.
 
 Rank 1 SIGKILLs itself right after step 5 (between the checkpoints of steps 3 and 6), in
-the first attempt only: train/faults.py's GPT2_PIPELINE_TEST_KILL_RANK_AT hook, which
+the first attempt only: the failpoint `train.after_step=kill@step=5,rank=1,attempt=0`, which
 reads torchrun's TORCHELASTIC_RESTART_COUNT.
 """
 
@@ -35,7 +35,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_completes_identicall
 
     run = tmp_path / "run"
     proc = run_torchrun(2, "train", "--config", tiny_config, "--run-dir", run, check=False, timeout=540,
-                        env=subprocess_env(GPT2_PIPELINE_TEST_KILL_RANK_AT="1:5"),
+                        env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=kill@step=5,rank=1,attempt=0"),
                         extra_torchrun=("--max-restarts=1", "--monitor-interval=0.5"))
     launches = json.loads((run / "run.json").read_text())["launches"] if (run / "run.json").exists() else []
     same = proc.returncode == 0 and losses(run) == losses(clean) and all(

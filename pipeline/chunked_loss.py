@@ -1,0 +1,119 @@
+"""lm_head + cross-entropy in chunks of tokens: the full (tokens x vocab) logits never exist.
+
+The logits are the largest activation of a GPT-2 (124M at micro batch 64: 64 x 1024 x 50,304
+in bf16 plus an fp32 copy for the loss, and as many again for their gradient in backward).
+Here the tokens are cut into chunks of `rows` and each chunk's logits live only while that
+chunk is processed. The gradients are computed in the same pass (the softmax is at hand: the
+logits' gradient is softmax - onehot), so backward only scales them by the incoming gradient
+and no matmul is recomputed: the arithmetic is exactly that of F.linear + F.cross_entropy.
+
+The padded vocabulary rows (>= vocab_size) are never multiplied: only weight[:vocab_size], a
+view, enters the matmuls, so the softmax is the real-vocab one without a masked copy, and
+their gradient is zero. Targets of -1 are ignored and the loss is the mean over the others
+(F.cross_entropy's ignore_index=-1; SFT's loss masks rely on it).
+
+The chunk loop is one opaque operator (torch.library.custom_op) so torch.compile neither
+unrolls it nor breaks its graph around it; the autograd.Function around it is traced as two
+small graph pieces.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Bytes of fp32 logits per chunk. On CPU small chunks stay cheap (the matmul is still large
+# enough to run at full speed) and keep peak RSS low; on a GPU each chunk is ~10 kernel
+# launches, so chunks are large enough that the launches do not show.
+CHUNK_BYTES = {"cuda": 1 << 30}
+DEFAULT_CHUNK_BYTES = 32 << 20
+
+
+def chunk_rows(vocab_size: int, device: torch.device) -> int:
+    """Tokens per chunk for this vocabulary on this device (a multiple of 8, at least 8)."""
+    budget = CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES)
+    return max(8, budget // (4 * vocab_size) // 8 * 8)
+
+
+def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+            vocab_size: int, rows: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, d loss/d hidden, d loss/d weight); the gradients are empty when not with_grad."""
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are decided by the caller
+        w = weight[:vocab_size]
+        valid = targets != -1
+        count = valid.sum().clamp(min=1)  # no target at all (a loss mask over a prompt): loss 0, not 0/0
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        if with_grad:
+            grad_hidden = torch.empty_like(hidden)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            scale = valid.float() / count  # d mean / d per-token loss; 0 for ignored targets
+        for start in range(0, hidden.size(0), rows):
+            h = hidden[start:start + rows]
+            t = targets[start:start + rows]
+            ok = valid[start:start + rows]
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=1)
+            safe_t = t.clamp(min=0)[:, None]
+            picked = logits.gather(1, safe_t).squeeze(1)
+            loss_sum += torch.where(ok, lse - picked, 0.0).sum()
+            if with_grad:
+                # d loss_i / d logits_i = softmax - onehot(target), scaled by the mean's 1/count.
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs.scatter_add_(1, safe_t, torch.full_like(picked, -1.0)[:, None])
+                probs.mul_(scale[start:start + rows, None])
+                g = probs.to(h.dtype)
+                grad_hidden[start:start + rows] = g @ w
+                grad_w[:vocab_size] += (g.t() @ h).float()
+        loss = loss_sum / count
+        if not with_grad:
+            return loss, hidden.new_empty(0), weight.new_empty(0)
+        return loss, grad_hidden, grad_w.to(weight.dtype)
+
+
+# The same function as one opaque operator for torch.compile. Eager code calls _chunks
+# directly: the operator's first call imports torch._dynamo (seconds of start-up).
+_chunks_op = torch.library.custom_op("gpt2_pipeline::linear_cross_entropy", _chunks, mutates_args=())
+
+
+@_chunks_op.register_fake
+def _(hidden, weight, targets, vocab_size, rows, with_grad):
+    loss = hidden.new_empty((), dtype=torch.float32)
+    if not with_grad:
+        return loss, hidden.new_empty(0), weight.new_empty(0)
+    return loss, torch.empty_like(hidden), torch.empty_like(weight)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size, rows):
+        chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
+        loss, grad_hidden, grad_weight = chunks(hidden, weight, targets, vocab_size, rows, True)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype),
+                None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         vocab_size: int, rows: int | None = None) -> torch.Tensor:
+    """Mean of F.cross_entropy(hidden @ weight[:vocab_size].T, targets, ignore_index=-1).
+
+    hidden (..., C), targets (...) of the same leading shape, weight (V_padded, C).
+    Under autocast the matmuls run in the autocast dtype (as F.linear would) and the
+    softmax in fp32.
+    """
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    targets = targets.reshape(-1)
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    if rows is None:
+        rows = chunk_rows(vocab_size, hidden.device)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows)
+    chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
+    return chunks(hidden, weight, targets, vocab_size, rows, False)[0]
