@@ -184,7 +184,7 @@ class TrainerSide:
 
     def pieces(self) -> dict[str, float]:
         t, tr = [time.perf_counter()], self.t
-        batch = tr.batches.next_step()
+        batch = tr.batches.next_step().tokens
         t.append(time.perf_counter())
         _, loss = tr.train_model(batch[0, :, :-1], batch[0, :, 1:])
         t.append(time.perf_counter())

@@ -19,12 +19,18 @@ from typing import Callable, Iterator
 
 from data_prep import DataPrepError
 from data_prep.shard_writer import npy_header
-from pipeline.shards import MANIFEST, SHARD_RE, ShardError, read_manifest, write_manifest
+from pipeline.shards import MASK_DTYPE
+from pipeline.shards import MANIFEST, SHARD_RE, ShardError, mask_filename, read_manifest, write_manifest
 
 # What must match for a directory to be the same run (everything that changes the bytes).
-SETTINGS = ("tokenizer", "source", "shard_size", "prefix", "max_tokens", "document_format")
+SETTINGS = ("tokenizer", "source", "shard_size", "prefix", "max_tokens", "document_format", "loss_mask")
 LOCK_FILE = ".data_prep.lock"  # held while a run writes; empty, harmless when left behind
 TEMP_FILE_RE = re.compile(r"^\..+\.tmp\.\d+$")  # pipeline.atomic's temp names
+
+
+def _is_output(name: str) -> bool:
+    """A token shard or a loss mask beside one (the files this command writes besides the manifest)."""
+    return bool(SHARD_RE.match(name) or SHARD_RE.match(name.replace(".mask.npy", ".npy")))
 _FIX = "use --overwrite to replace them, or choose another --out"
 
 
@@ -123,19 +129,22 @@ def _short(value) -> str:
 
 def _check_listed_shards(out: Path, manifest: dict) -> None:
     for shard in manifest.get("shards", []):
-        path = out / shard["file"]
-        expected = len(npy_header(shard["tokens"])) + 2 * shard["tokens"]
-        size = path.stat().st_size if path.is_file() else None
-        if size != expected:
-            state = "is missing" if size is None else f"has {size} bytes, expected {expected}"
-            raise DataPrepError(f"{path}: listed in {MANIFEST} but {state}; check the directory with "
-                                f"`python -m data_prep.verify {out}`, or {_FIX}")
+        files = [(out / shard["file"], len(npy_header(shard["tokens"])) + 2 * shard["tokens"])]
+        if "mask_sha256" in shard:
+            files.append((out / mask_filename(shard["file"]), len(npy_header(shard["tokens"], MASK_DTYPE)) + shard["tokens"]))
+        for path, expected in files:
+            size = path.stat().st_size if path.is_file() else None
+            if size != expected:
+                state = "is missing" if size is None else f"has {size} bytes, expected {expected}"
+                raise DataPrepError(f"{path}: listed in {MANIFEST} but {state}; check the directory with "
+                                    f"`python -m data_prep.verify {out}`, or {_FIX}")
 
 
 def _remove_unlisted(out: Path, manifest: dict) -> None:
     listed = {s["file"] for s in manifest.get("shards", [])}
+    listed |= {mask_filename(name) for name in listed}
     for path in out.iterdir():
-        if (SHARD_RE.match(path.name) and path.name not in listed) or TEMP_FILE_RE.match(path.name):
+        if (_is_output(path.name) and path.name not in listed) or TEMP_FILE_RE.match(path.name):
             path.unlink()
 
 
@@ -148,5 +157,5 @@ def _remove_temp_files(out: Path) -> None:
 def remove_outputs(out: Path) -> None:
     """--overwrite: remove what this command writes (manifest, shards, temp files), nothing else."""
     for path in out.iterdir():
-        if path.name == MANIFEST or SHARD_RE.match(path.name) or TEMP_FILE_RE.match(path.name):
+        if path.name == MANIFEST or _is_output(path.name) or TEMP_FILE_RE.match(path.name):
             path.unlink()

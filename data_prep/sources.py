@@ -221,6 +221,15 @@ def _open_binary(path: str, retry: RetryPolicy, warn: Warn):
 
 def _read_jsonl(path: str, start_row: int, column: str, encoding_errors: str,
                 warn: Warn) -> Iterator[tuple[int, str, int]]:
+    for lineno, (text,), nbytes in read_jsonl_fields(path, start_row, (column,), encoding_errors, warn,
+                                                     "pick one with --text-column"):
+        yield lineno, text, nbytes
+
+
+def read_jsonl_fields(path: str, start_row: int, columns: tuple[str, ...], encoding_errors: str, warn: Warn,
+                      hint: str) -> Iterator[tuple[int, list[str], int]]:
+    """(0-based line, the string values of `columns`, bytes of the line) per non-blank line
+    from start_row on; a missing or non-string field is an error naming the file and line."""
     opener = gzip.open if path.lower().endswith(".gz") else open
     lineno = 0
     try:
@@ -233,14 +242,15 @@ def _read_jsonl(path: str, start_row: int, column: str, encoding_errors: str,
                     obj = json.loads(decode_bytes(line, encoding_errors, where, warn))
                 except json.JSONDecodeError as err:
                     raise DataPrepError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(obj, dict) or column not in obj:
+                missing = [c for c in columns if c not in obj] if isinstance(obj, dict) else list(columns)
+                if missing:
                     keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-                    raise DataPrepError(f"{where}: no {column!r} field (found: {keys}); "
-                                        "pick one with --text-column")
-                text = obj[column]
-                if not isinstance(text, str):
-                    raise DataPrepError(f"{where}: {column!r} is {type(text).__name__}, expected a string")
-                yield lineno, text, len(line)
+                    raise DataPrepError(f"{where}: no {missing[0]!r} field (found: {keys}); {hint}")
+                for column in columns:
+                    if not isinstance(obj[column], str):
+                        raise DataPrepError(f"{where}: {column!r} is {type(obj[column]).__name__}, "
+                                            "expected a string")
+                yield lineno, [obj[c] for c in columns], len(line)
     except (OSError, EOFError, zlib.error) as err:
         raise DataPrepError(f"{path}: unreadable near line {lineno + 1} ({err})") from None
 

@@ -22,7 +22,8 @@ from data_prep import OneLineParser
 from data_prep.output import TEMP_FILE_RE
 from data_prep.shard_writer import npy_header
 from pipeline.atomic import sha256_file
-from pipeline.shards import MANIFEST, SHARD_RE, ShardError, ShardInfo, open_shard, read_manifest, shard_filename
+from pipeline.shards import (MANIFEST, SHARD_RE, ShardError, ShardInfo, mask_filename, open_mask, open_shard,
+                             read_manifest, shard_filename)
 from pipeline.tokenizer import EOT, VOCAB_SIZE, tokenizer_fingerprint
 
 
@@ -54,11 +55,21 @@ def check_shard(directory: Path, entry: dict, index: int, manifest: dict) -> lis
         return problems + [str(err).removeprefix(f"{path}: ")]
     if sha256_file(path) != entry.get("sha256"):
         problems.append("sha256 does not match the manifest (the file is corrupt or was changed)")
+    mask = None
+    if "mask_sha256" in entry:  # prompt/response data: a document starts at an EOT the loss skips
+        info = ShardInfo(path, split, tokens, mask_sha256=entry["mask_sha256"])
+        try:
+            mask = open_mask(info, verify_hash=True)
+        except ShardError as err:
+            problems.append(str(err))
     largest, documents = 0, 0
     for start in range(0, len(array), 1 << 24):  # blockwise: no shard-sized temporaries
         block = array[start:start + (1 << 24)]
         largest = max(largest, int(block.max()))
-        documents += int(np.count_nonzero(block == EOT))
+        starts = block == EOT
+        if mask is not None:
+            starts &= mask[start:start + (1 << 24)] == 0
+        documents += int(np.count_nonzero(starts))
     if largest >= VOCAB_SIZE:
         problems.append(f"holds token id {largest}, GPT-2 ids are < {VOCAB_SIZE}")
     if entry.get("documents") is not None and documents != entry["documents"]:
@@ -98,8 +109,10 @@ def verify(directory: Path, out=None) -> int:
         else:
             print(f"ok    {name}  {entry['tokens']:,} tokens, {entry.get('documents', 0):,} documents", file=out)
     listed = {s.get("file") for s in shards}
+    listed |= {mask_filename(s["file"]) for s in shards if "mask_sha256" in s}
     for path in sorted(directory.iterdir()):
-        if (SHARD_RE.match(path.name) and path.name not in listed) or TEMP_FILE_RE.match(path.name):
+        stray = SHARD_RE.match(path.name.replace(".mask.npy", ".npy")) and path.name not in listed
+        if stray or TEMP_FILE_RE.match(path.name):
             print(f"FAIL  {path.name}: not listed in {MANIFEST} (left by an interrupted run, or foreign)", file=out)
             problems += 1
     total = sum(s.get("tokens", 0) for s in shards if isinstance(s.get("tokens"), int))

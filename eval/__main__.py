@@ -16,6 +16,7 @@ exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from eval.tasks import Tasks, build_tasks
 from eval.watch import WatchOptions, watch
 from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, load_toml
 from pipeline.hellaswag import HellaSwagError
+from pipeline.loggers import Loggers, check_loggers, require_packages
+from pipeline.provenance import git_commit
 from pipeline.shards import ShardError
 from pipeline.tokenizer import TokenizerError
 
@@ -60,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16")
     p.add_argument("--force", action="store_true", help="re-evaluate results already in results.jsonl")
     p.add_argument("--no-report", action="store_true", help="do not rewrite report.md/html after evaluating")
+    p.add_argument("--loggers", help="metrics sinks besides results.jsonl, e.g. tensorboard,wandb "
+                                     "(default: the run's train.loggers)")
     w = p.add_argument_group("--watch")
     w.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
     w.add_argument("--until-step", type=int, help="exit once a checkpoint at step >= N is evaluated")
@@ -106,7 +111,7 @@ def evaluate_once(args: argparse.Namespace, rt: Runtime) -> int:
     targets: list[Target]
     if args.hf:
         target = hf_target(args.hf)
-        out = Path(args.out or f"runs/hf-{Path(args.hf).name or 'model'}")
+        out = output_dir(args)
         targets, config = [target], None
     else:
         path = Path(args.checkpoint)
@@ -134,11 +139,38 @@ def _state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "train_state.json").read_text())
 
 
+def output_dir(args: argparse.Namespace) -> Path:
+    """The run directory whose eval/ the results go to."""
+    if args.hf:
+        return Path(args.out or f"runs/hf-{Path(args.hf).name or 'model'}")
+    path = Path(args.watch or args.checkpoint)
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
+def open_loggers(args: argparse.Namespace, rt: Runtime) -> Runtime:
+    """Rank 0 reports to the run's TensorBoard/W&B (--loggers, else the run's train.loggers)."""
+    run_dir = output_dir(args)
+    if args.loggers is not None:
+        names = [n.strip() for n in args.loggers.split(",") if n.strip()]
+        key = "--loggers"
+    else:
+        config_file = run_dir / "config.toml"
+        names = load_toml(config_file).train.loggers if config_file.exists() else []
+        key = f"train.loggers of {config_file}"
+    require_packages(names, key)
+    if not rt.main or not check_loggers(names, key):
+        return rt
+    config = {"eval": {k: v for k, v in vars(args).items()}}
+    return dataclasses.replace(rt, sinks=Loggers(names, run_dir, run_dir.resolve().name, config, git_commit(),
+                                                 key=key, job="eval"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rt = None
     try:
         rt = setup_runtime(args.device, args.dtype)
+        rt = open_loggers(args, rt)
         if args.watch:
             run_dir = Path(args.watch)
             opts = WatchOptions(args.interval, args.until_step, Path(args.stop_file) if args.stop_file else None,
@@ -154,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if rt is not None:
+            if rt.sinks is not None:
+                rt.sinks.close()
             teardown(rt)
 
 

@@ -37,6 +37,7 @@ class Runtime:
     autocast_dtype: torch.dtype | None
     rank: int = 0
     world_size: int = 1
+    sinks: Any = None  # pipeline.loggers.Loggers of rank 0 (TensorBoard, W&B), or None
 
     @property
     def main(self) -> bool:
@@ -180,8 +181,10 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
             raise EvalError(f"val seq_len {val.seq_len} exceeds the model's block_size "
                             f"{model.config.block_size} (pass --seq-len)")
         t0 = time.time()
-        val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
-                                      rt.autocast_dtype, rt.rank, rt.world_size)
+        n_seq = (len(val.tokens) - 1) // val.seq_len
+        with rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss") as bar:
+            val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
+                                          rt.autocast_dtype, rt.rank, rt.world_size, progress=bar, mask=val.mask)
         for metric in todo["val"]:
             value = val_result.loss if metric == "val_loss" else val_result.bpb
             rows.append(dict(base, metric=metric, value=value, n=val_result.tokens, data=str(val.directory),
@@ -213,3 +216,6 @@ def _write(rt: Runtime, out_dir: Path, rows: list[dict]) -> None:
     if rt.main:
         for row in rows:
             append_result(out_dir, row)
+            if rt.sinks is not None and row["step"] is not None:
+                # The same numbers to TensorBoard/W&B as eval/<metric> at the checkpoint's step.
+                rt.sinks.row({"step": row["step"], "kind": "eval", row["metric"]: row["value"]})

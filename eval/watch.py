@@ -16,10 +16,12 @@ Designed to run as its own (Slurm) job beside training:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,14 @@ def acquire_lock(run_dir: Path):
         owner = handle.read().strip() or "?"
         handle.close()
         raise EvalError(f"{run_dir}: another eval --watch (pid {owner}) is already watching this run") from None
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            handle.close()
+            raise
+        # Some cluster filesystems (Lustre without -o flock, old NFS) cannot lock at all, as
+        # data_prep's output lock also allows: watch unlocked rather than not at all.
+        print(f"warning: {path}: cannot lock ({err.strerror or err}); make sure no other eval --watch "
+              "watches this run", file=sys.stderr, flush=True)
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

@@ -183,13 +183,12 @@ def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     return doomed
 
 
-def _strip_wrapper_prefixes(state_dict: dict) -> dict:
-    """Accept weights saved from a DDP- or torch.compile-wrapped model too."""
+def strip_wrapper_prefixes(state_dict: dict) -> dict:
+    """Accept weights saved from a DDP- or torch.compile-wrapped model too (in either order)."""
     out = {}
     for name, tensor in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.partition(".")[2]
         out[name] = tensor
     return out
 
@@ -208,7 +207,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     except ConfigError as err:
         raise CheckpointError(f"{path / STATE}: config recorded in train_state.json is not usable ({err})") from None
     try:
-        model.load_state_dict(_strip_wrapper_prefixes(loaded["model"]))
+        model.load_state_dict(strip_wrapper_prefixes(loaded["model"]))
     except RuntimeError as err:
         first = " ".join(str(err).strip().splitlines()[:2])
         raise CheckpointError(f"{path / 'model.pt'}: weights do not fit the model config in "

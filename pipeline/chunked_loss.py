@@ -34,10 +34,8 @@ def chunk_rows(vocab_size: int, device: torch.device) -> int:
     return max(8, budget // (4 * vocab_size) // 8 * 8)
 
 
-@torch.library.custom_op("gpt2_pipeline::linear_cross_entropy", mutates_args=())
-def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          vocab_size: int, rows: int, with_grad: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+            vocab_size: int, rows: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, d loss/d hidden, d loss/d weight); the gradients are empty when not with_grad."""
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are decided by the caller
         w = weight[:vocab_size]
@@ -71,7 +69,12 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         return loss, grad_hidden, grad_w.to(weight.dtype)
 
 
-@_linear_cross_entropy.register_fake
+# The same function as one opaque operator for torch.compile. Eager code calls _chunks
+# directly: the operator's first call imports torch._dynamo (seconds of start-up).
+_chunks_op = torch.library.custom_op("gpt2_pipeline::linear_cross_entropy", _chunks, mutates_args=())
+
+
+@_chunks_op.register_fake
 def _(hidden, weight, targets, vocab_size, rows, with_grad):
     loss = hidden.new_empty((), dtype=torch.float32)
     if not with_grad:
@@ -82,7 +85,8 @@ def _(hidden, weight, targets, vocab_size, rows, with_grad):
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, vocab_size, rows):
-        loss, grad_hidden, grad_weight = _linear_cross_entropy(hidden, weight, targets, vocab_size, rows, True)
+        chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
+        loss, grad_hidden, grad_weight = chunks(hidden, weight, targets, vocab_size, rows, True)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
 
@@ -111,4 +115,5 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         rows = chunk_rows(vocab_size, hidden.device)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows)
-    return _linear_cross_entropy(hidden, weight, targets, vocab_size, rows, False)[0]
+    chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
+    return chunks(hidden, weight, targets, vocab_size, rows, False)[0]

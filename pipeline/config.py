@@ -99,9 +99,15 @@ class DataConfig:
     dir: str = "data/fineweb-edu-10B"  # shards + manifest.json written by data_prep
     shuffle: bool = True  # per-epoch shard-order and sequence-order shuffling (train split only)
     seed: int = 1337
+    # Packed sequences hold several documents. "across": attend across their boundaries (GPT-2
+    # pretraining); "within": each token sees only its own document, positions restart at each;
+    # "auto": within for prompt/response shards (data_prep.sft, they carry loss masks), else across.
+    document_attention: str = "auto"
 
     def validate(self) -> None:
         _require(bool(self.dir), "data.dir", self.dir, "must name the shard directory")
+        _require(self.document_attention in ("auto", "across", "within"), "data.document_attention",
+                 self.document_attention, "must be one of auto, across, within")
         _require(self.seed >= 0, "data.seed", self.seed, "must be >= 0")
 
 
@@ -151,6 +157,9 @@ class OptimConfig:
         _require(0 <= self.cooldown_frac <= 1, "optim.cooldown_frac", self.cooldown_frac, "must be in [0, 1]")
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metrics sinks (pipeline/loggers.py)
+
+
 @dataclass
 class TrainConfig:
     total_batch_size: int = 524_288  # tokens per optimizer step (2**19, ~0.5M as in GPT-3 small)
@@ -169,6 +178,19 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     target_loss: float = 0.0  # stop once train loss <= target (0 = off)
     peak_tflops: float = 0.0  # bf16 peak for MFU when the device is unknown (0 = auto/none)
+    # How long a rank waits in a collective before the process group gives up. NCCL's own
+    # default (10 min) is shorter than the slowest checkpoint write of the largest preset:
+    # GPT-2 XL saves 6.2 GB of weights + 12.5 GB of AdamW moments = 18.7 GB, which rank 0
+    # writes, fsyncs and re-reads for its sha256 while every other rank waits in the next
+    # collective. On a contended shared filesystem at 25 MB/s that is ~750 s writing plus the
+    # hash; 1800 s keeps a 2x margin. A genuinely hung rank is then noticed within 30 min.
+    dist_timeout_s: float = 1800.0
+    # Start from these weights instead of a random init (fresh optimizer, step 0): a Hugging Face
+    # GPT-2 directory or cached hub name, or a checkpoint / run directory. See train/init_from.py.
+    init_from: str = ""
+    # Metrics sinks on rank 0: jsonl (metrics.jsonl, always written), tensorboard, wandb
+    # (optional extras; see pipeline/loggers.py). On the command line: --train.loggers=jsonl,wandb
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def validate(self) -> None:
         for name in ("total_batch_size", "micro_batch_size", "seq_len", "max_steps",
@@ -178,10 +200,13 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
         _require(self.target_loss >= 0, "train.target_loss", self.target_loss, "must be >= 0")
         _require(self.peak_tflops >= 0, "train.peak_tflops", self.peak_tflops, "must be >= 0")
+        _require(self.dist_timeout_s > 0, "train.dist_timeout_s", self.dist_timeout_s, "must be > 0 (seconds)")
         _require(self.device in ("auto", "cuda", "mps", "cpu"), "train.device", self.device,
                  "must be one of auto, cuda, mps, cpu")
         _require(self.dtype in ("auto", "bfloat16", "float32"), "train.dtype", self.dtype,
                  "must be one of auto, bfloat16, float32")
+        _require(all(n in LOGGERS for n in self.loggers), "train.loggers",
+                 self.loggers, f"each must be one of {', '.join(LOGGERS)}")
 
 
 @dataclass
@@ -272,6 +297,9 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
     elif typ == "str":
         if isinstance(value, str):
             return value
+    elif typ == "list[str]":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise ConfigError(f"{key} = {value!r}: expected {typ}, got {type(value).__name__}")
 
 
@@ -289,6 +317,8 @@ def _parse_cli_value(key: str, text: str, typ: str) -> Any:
             return int(text.replace("_", ""))
         if typ == "float":
             number = float(text)
+        if typ == "list[str]":  # comma-separated
+            return [part.strip() for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{key} = {text!r}: expected {typ}") from None
     return _coerce(key, number, typ) if typ == "float" else text

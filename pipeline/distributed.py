@@ -8,6 +8,7 @@ gloo on CPU (multi-node works the same way through torchrun's c10d rendezvous).
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -80,8 +81,10 @@ def _join_process_group(backend: str, rank: int, world: int, **kwargs) -> None:
                             world_size=world, **kwargs)
 
 
-def init_distributed(device_name: str = "auto") -> DistEnv:
-    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE and join the process group if N > 1."""
+def init_distributed(device_name: str = "auto", timeout_s: float | None = None) -> DistEnv:
+    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE and join the process group if N > 1.
+
+    timeout_s: how long a collective may wait for the slowest rank (None: torch's default)."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -96,10 +99,11 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
         if device.type == "mps":
             raise ConfigError("multi-process training is not supported on mps (use --train.device=cpu)")
         if not dist.is_initialized():
+            extra = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
             if device.type == "cuda":
-                _join_process_group("nccl", rank, world, device_id=device)
+                _join_process_group("nccl", rank, world, device_id=device, **extra)
             else:
-                _join_process_group("gloo", rank, world)
+                _join_process_group("gloo", rank, world, **extra)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 

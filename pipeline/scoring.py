@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 HEAD_ROWS = 256  # scored positions whose logits (x 50257 fp32, ~50 MB) exist at once
+SUFFIX_ROWS = 64  # sequences per pass after the shared prefill (sorted by length: little padding)
 
 
 @dataclass(frozen=True)
@@ -76,48 +77,55 @@ def _plan(req: Request, block_size: int) -> _Plan:
 
 def _batch(model, plans: list[_Plan], device: torch.device, autocast) -> tuple[torch.Tensor, list]:
     """Hidden states (after ln_f) of every needed position, plus per sequence the flat
-    indices into them of the positions that predict its continuation tokens."""
-    R = sum(len(p.seqs) for p in plans)
+    indices into them of the positions that predict its continuation tokens.
+
+    One prefill of the requests' shared prefixes (right-padded; the padding is its own
+    segment, so nothing attends to it), then the sequences' own tokens in passes of
+    similar length (sorted, so a short ending is not padded to the longest one), each
+    attending to its request's cached prefix.
+    """
     P = max(p.prefix for p in plans)
-    S = max(len(s) - p.prefix for p in plans for s in p.seqs)
-    suffix = torch.zeros(R, S, dtype=torch.long)
-    positions = torch.zeros(R, S, dtype=torch.long)
-    group = torch.zeros(R, dtype=torch.long)
-    prefix = torch.zeros(len(plans), max(P, 1), dtype=torch.long)
+    rows = [(g, seq, start) for g, plan in enumerate(plans) for seq, start in zip(plan.seqs, plan.starts)]
+    hidden_parts, cache = [], None
     prefix_seg = torch.full((len(plans), max(P, 1)), -1, dtype=torch.long)  # -1: padding
-    sources, r = [], 0
-    for g, plan in enumerate(plans):
-        n = plan.prefix
-        if n:
-            prefix[g, :n] = torch.tensor(plan.seqs[0][:n])
-            prefix_seg[g, :n] = 0
-        for seq, start in zip(plan.seqs, plan.starts):
-            rest = seq[n:]
-            suffix[r, :len(rest)] = torch.tensor(rest)
-            positions[r, :len(rest)] = torch.arange(n, len(seq))
-            group[r] = g
-            # Token t is predicted at position t - 1: in the prefix pass (row g) while t - 1 < n.
-            sources.append([g * P + t - 1 if t - 1 < n else -(r * S + t - 1 - n) - 1
-                            for t in range(start, len(seq))])
-            r += 1
-    model_in = dict(position_ids=positions.to(device))
     with autocast:
         if P:
+            prefix = torch.zeros(len(plans), P, dtype=torch.long)
+            for g, plan in enumerate(plans):
+                prefix[g, :plan.prefix] = torch.tensor(plan.seqs[0][:plan.prefix])
+                prefix_seg[g, :plan.prefix] = 0
             cache = [None] * model.config.n_layer
-            hidden_p = model.hidden_states(prefix.to(device), cache, segment_ids=prefix_seg.to(device))
-            index = group.to(device)
-            cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
-            segments = torch.cat([prefix_seg[group], torch.zeros(R, S, dtype=torch.long)], dim=1)
-            hidden_s = model.hidden_states(suffix.to(device), cache, P, segment_ids=segments.to(device),
-                                           **model_in)
-        else:
-            hidden_p = torch.zeros(0, 0, 0, device=device)
-            hidden_s = model.hidden_states(suffix.to(device), **model_in)
-    C = hidden_s.size(-1)
-    hidden = torch.cat([hidden_p.reshape(-1, C), hidden_s.reshape(-1, C)]).float()
-    offset = hidden_p.reshape(-1, C).size(0)
-    # Negative entries index the suffix pass: -(i) - 1 -> offset + i.
-    flat = [[i if i >= 0 else offset - i - 1 for i in row] for row in sources]
+            hidden_parts.append(model.hidden_states(prefix.to(device), cache,
+                                                    segment_ids=prefix_seg.to(device)).reshape(-1, model.config.n_embd))
+        offset = len(plans) * P
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r][1]) - plans[rows[r][0]].prefix)
+        where = [0] * len(rows)  # flat index of each row's first suffix position
+        for lo in range(0, len(order), SUFFIX_ROWS):
+            chunk = order[lo:lo + SUFFIX_ROWS]
+            S = max(len(rows[r][1]) - plans[rows[r][0]].prefix for r in chunk)
+            tokens = torch.zeros(len(chunk), S, dtype=torch.long)
+            positions = torch.zeros(len(chunk), S, dtype=torch.long)
+            for i, r in enumerate(chunk):
+                g, seq, _ = rows[r]
+                n = plans[g].prefix
+                tokens[i, :len(seq) - n] = torch.tensor(seq[n:])
+                positions[i, :len(seq) - n] = torch.arange(n, len(seq))
+                where[r] = offset + i * S
+            kwargs = dict(position_ids=positions.to(device))
+            if cache is not None:
+                index = torch.tensor([rows[r][0] for r in chunk], device=device)
+                kwargs["segment_ids"] = torch.cat([prefix_seg[index.cpu()],
+                                                   torch.zeros(len(chunk), S, dtype=torch.long)], 1).to(device)
+                kwargs["cache"] = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
+                kwargs["start_pos"] = P
+            hidden_parts.append(model.hidden_states(tokens.to(device), **kwargs).reshape(-1, model.config.n_embd))
+            offset += len(chunk) * S
+    hidden = torch.cat(hidden_parts).float()
+    # Token t is predicted at position t - 1: in the prefill (row g) while t - 1 < prefix.
+    flat = []
+    for r, (g, seq, start) in enumerate(rows):
+        n = plans[g].prefix
+        flat.append([g * P + t - 1 if t - 1 < n else where[r] + t - 1 - n for t in range(start, len(seq))])
     return hidden, flat
 
 
@@ -143,7 +151,8 @@ def score_requests(model: torch.nn.Module, requests: list[Request], device: torc
     buf = torch.empty(HEAD_ROWS, vocab, device=device)
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype)
                 if autocast_dtype is not None else contextlib.nullcontext())
-    order = sorted(range(len(plans)), key=lambda i: sum(len(s) for s in plans[i].seqs))
+    # Similar prefix lengths share a batch (the prefill is padded to the longest one).
+    order = sorted(range(len(plans)), key=lambda i: (plans[i].prefix, max(len(s) for s in plans[i].seqs)))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     was_training = model.training
     model.eval()

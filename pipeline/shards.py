@@ -24,6 +24,7 @@ MANIFEST = "manifest.json"
 FORMAT = "gpt2-pipeline-shards"
 FORMAT_VERSION = 1
 DTYPE = np.dtype("<u2")
+MASK_DTYPE = np.dtype("u1")  # loss masks (data_prep.sft): 1 = this token is a training target
 SHARD_RE = re.compile(r"^(?P<prefix>.+)_(?P<split>train|val)_(?P<index>\d{6})\.npy$")
 
 
@@ -35,6 +36,12 @@ def shard_filename(prefix: str, split: str, index: int) -> str:
     return f"{prefix}_{split}_{index:06d}.npy"
 
 
+def mask_filename(shard_name: str) -> str:
+    """The loss-mask file beside a token shard: fineweb_train_000001.npy -> ..._000001.mask.npy
+    (not matched by SHARD_RE, so readers of plain token shards never mistake it for one)."""
+    return shard_name.removesuffix(".npy") + ".mask.npy"
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     path: Path
@@ -42,6 +49,11 @@ class ShardInfo:
     tokens: int
     documents: int | None = None
     sha256: str | None = None
+    mask_sha256: str | None = None  # set when the shard has a loss mask (prompt/response data)
+
+    @property
+    def mask_path(self) -> Path | None:
+        return self.path.with_name(mask_filename(self.path.name)) if self.mask_sha256 else None
 
 
 @dataclass(frozen=True)
@@ -95,13 +107,17 @@ def load_shard_set(directory: str | Path, require_complete: bool = True) -> Shar
                          "(re-run the same data_prep command to complete it)")
     try:
         shards = tuple(ShardInfo(directory / s["file"], s["split"], int(s["tokens"]),
-                                 s.get("documents"), s.get("sha256")) for s in manifest["shards"])
+                                 s.get("documents"), s.get("sha256"), s.get("mask_sha256"))
+                       for s in manifest["shards"])
     except (KeyError, TypeError, ValueError) as err:
         raise ShardError(f"{directory / MANIFEST}: malformed shard entry ({err!r})") from None
     if not shards:
         raise ShardError(f"{directory / MANIFEST}: lists no shards")
     _check_entries(shards, directory / MANIFEST)
-    blob = json.dumps([[s.path.name, s.tokens, s.sha256] for s in shards]).encode()
+    if len({s.mask_sha256 is None for s in shards}) > 1:
+        raise ShardError(f"{directory / MANIFEST}: some shards have loss masks and some do not")
+    blob = json.dumps([[s.path.name, s.tokens, s.sha256] + ([s.mask_sha256] if s.mask_sha256 else [])
+                       for s in shards]).encode()
     return ShardSet(directory, shards, hashlib.sha256(blob).hexdigest()[:16])
 
 
@@ -121,6 +137,8 @@ def _check_entries(shards: tuple[ShardInfo, ...], manifest: Path) -> None:
             raise ShardError(f"{manifest}: {info.path.name} has a negative token count {info.tokens}")
         if not info.path.is_file():
             raise ShardError(f"{info.path}: listed in {manifest} but missing")
+        if info.mask_path is not None and not info.mask_path.is_file():
+            raise ShardError(f"{info.mask_path}: loss mask listed in {manifest} but missing")
         seen.add(info.path.name)
 
 
@@ -163,6 +181,24 @@ def open_shard(info: ShardInfo, verify_hash: bool = False) -> np.ndarray:
     return array
 
 
+def open_mask(info: ShardInfo, verify_hash: bool = False) -> np.ndarray:
+    """Memory-map a shard's loss mask: uint8 0/1, exactly one entry per token."""
+    path = info.mask_path
+    if path is None:
+        raise ShardError(f"{info.path}: has no loss mask")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ShardError(f"{path}: not a readable .npy loss mask (missing, truncated or corrupt: {err})") from None
+    if array.dtype != MASK_DTYPE or array.ndim != 1:
+        raise ShardError(f"{path}: dtype {array.dtype}, shape {array.shape}: expected a 1-D uint8 loss mask")
+    if info.tokens >= 0 and len(array) != info.tokens:
+        raise ShardError(f"{path}: holds {len(array)} mask entries, the shard has {info.tokens} tokens")
+    if verify_hash and sha256_file(path) != info.mask_sha256:
+        raise ShardError(f"{path}: sha256 does not match the manifest (the file is corrupt)")
+    return array
+
+
 def verify_shards(shards: list[ShardInfo], rank: int = 0, world_size: int = 1) -> list[str]:
     """sha256-check this rank's share of shards (every world_size-th, from rank) against the
     manifest; returns the problems found, each naming its file. Splitting the work lets N
@@ -171,6 +207,8 @@ def verify_shards(shards: list[ShardInfo], rank: int = 0, world_size: int = 1) -
     for info in shards[rank::world_size]:
         try:
             open_shard(info, verify_hash=True)
+            if info.mask_sha256:
+                open_mask(info, verify_hash=True)
         except ShardError as err:
             problems.append(str(err))
     return problems

@@ -115,11 +115,14 @@ def oracle_model(requests, block_size: int = 512) -> GPT:
         assert all(len(c) == 1 for c in chain)
         for x, y in zip(chain, chain[1:]):
             table[index[x[0]], index[y[0]]] += 10.0
-        hidden = model.hidden_states(torch.tensor([in_play]))[0]  # one-hot -> ln_f, position-free
-        head = torch.linalg.lstsq(hidden, table).solution  # (d, n): logits = hidden @ head
+        hidden = model.hidden_states(torch.tensor([in_play]))[0].double()  # one-hot -> ln_f, position-free
+        # The minimum-norm head with hidden @ head = table (hidden has full row rank: n < d).
+        head = (hidden.t() @ torch.linalg.solve(hidden @ hidden.t(), table.double())).float()
         weight = torch.zeros(model.config.padded_vocab_size, d)
         weight[in_play] = head.t()
         model.lm_head.weight = torch.nn.Parameter(weight)
+        got = model.lm_head(model.hidden_states(torch.tensor([in_play]))[0])[:, in_play]
+        assert torch.allclose(got, table, atol=1e-3), "the oracle's bigram table is not reproduced"
     return model
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import collections
+import errno
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -125,3 +128,25 @@ def test_exit_when_done_honours_the_trainers_exit_record(tmp_path, data_dir, cap
     assert main(["--watch", str(run), "--interval", "0.1", "--exit-when-done", "--tasks", "hellaswag", *HS]) == 0
     assert "final step 10 (exit.json: target loss reached)" in capsys.readouterr().out
     assert (run / "eval" / "report.html").is_file()  # written after the evaluation
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_watch_on_a_filesystem_without_flock_warns_and_still_evaluates(tmp_path, data_dir, capsys, monkeypatch,
+                                                                        code):
+    run = make_run(tmp_path / "run", tiny_config(data_dir), steps=[10], metrics=False)
+
+    def no_flock(handle, operation):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    assert main(["--watch", str(run), "--interval", "0.1", "--max-idle", "0", "--tasks", "val"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "cannot lock" in err and os.strerror(code) in err
+    assert sorted({r["step"] for r in results(run)}) == [10]
+
+
+def test_a_lock_error_other_than_unsupported_is_not_swallowed(tmp_path, monkeypatch):
+    def broken(handle, operation):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        acquire_lock(tmp_path / "run")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pipeline.config import MODEL_ARCHS, Config, ConfigError, ModelConfig, OptimConfig, apply_overrides, from_dict
-from pipeline.hellaswag import Example, score_batched, score_reference
+from _scoring_reference import reference_hellaswag
+from pipeline.hellaswag import Example, score_hellaswag
 from pipeline.hf import HFError, export_hf
 from pipeline.model import GPT
 from pipeline.optimizer import MuonAdamW, build_optimizer, muon_split
@@ -119,8 +120,7 @@ def test_hellaswag_scores_a_modern_model_like_its_forward(one_thread):
     examples = [Example(ctx=torch.randint(0, 50257, (6,), generator=gen).tolist(),
                         endings=[torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (2, 3, 4, 5)],
                         label=i % 4, line=i) for i in range(3)]
-    torch.testing.assert_close(score_batched(m, examples, torch.device("cpu")),
-                               score_reference(m, examples, torch.device("cpu")))
+    torch.testing.assert_close(score_hellaswag(m, examples, torch.device("cpu")), reference_hellaswag(m, examples))
 
 
 def test_checkpointed_modern_model_round_trips_and_export_is_refused(tmp_path, one_thread):

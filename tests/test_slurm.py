@@ -163,7 +163,8 @@ def test_train_job_runs_torchrun_workers_to_max_steps(reference_run, work):
     assert json.loads((reference_run / "run.json").read_text())["world_size"] == WORKERS
     assert [step_of(p) for p in list_checkpoints(reference_run)] == [MAX_STEPS]
     log = (work / "train-reference.out").read_text()
-    assert f"1 node(s) x {WORKERS} worker(s), rendezvous localhost:" in log
+    # One thread per worker (2 CPUs, 2 workers); the rendezvous at the head node's NodeAddr.
+    assert f"1 node(s) x {WORKERS} worker(s), 1 thread(s) each, rendezvous 127.0.0.1:" in log
     assert "training finished" in log
 
 
@@ -248,7 +249,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     assert [r["JobState"] for r in runs] == ["PENDING", "COMPLETED"]  # requeued once, then done
 
     text = log.read_text()
-    stopped = int(re.search(r"trainer saved a checkpoint at step (\d+) and exited 3", text)[1])
+    stopped = int(re.search(r"trainer stopped at step (\d+) \(exit record: 3\); requeueing", text)[1])
     assert 3 <= stopped < MAX_STEPS
     assert "got SIGUSR1" in text and "restart 0," in text and "restart 1," in text, text
     # The resumed run started from the preemption checkpoint, not from scratch: no step
@@ -260,6 +261,34 @@ def test_preempted_training_checkpoints_requeues_and_resumes_to_the_same_losses(
     cluster.wait_finished(watcher, timeout=120)
     assert_completed(cluster, watcher, watch_log)
     assert {r["step"] for r in read_jsonl(run / "eval" / "results.jsonl")} == {stopped, MAX_STEPS}
+
+
+def test_usr1_during_the_final_step_ends_completed_not_failed(cluster, shards, work):
+    """Issue 18 defect 1: USR1 arrives while the trainer finishes its last step. The trainer
+    records exit 0 in exit.json, torchrun (itself signalled) may exit 1; the job is COMPLETED
+    (a FAILED one would make --kill-on-invalid-dep cancel the afterok eval of a finished run)."""
+    run, log = work / "runs" / "usr1-at-end", work / "train-usr1-at-end.out"
+    name = f"usr1-end-{uuid.uuid4().hex[:8]}"
+    # The last step stalls after its checkpoint: the signal lands in the trainer's final moments.
+    env = job_env(cluster, GPUS_PER_NODE=str(WORKERS),
+                  GPT2_PIPELINE_FAILPOINTS=f"train.after_step=sleep(5)@step={MAX_STEPS}")
+    waiter = subprocess.Popen(
+        ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", f"--cpus-per-task={WORKERS}",
+         "slurm/train.sbatch", "--config", str(write_config(work / "usr1-end.toml", shards)), "--run-dir", str(run)],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        job = _job_id_by_name(cluster, name)
+        _wait_for_step(run, MAX_STEPS, timeout=300)
+        cluster.run("scancel", "--signal=USR1", "--batch", str(job))
+        out, _ = waiter.communicate(timeout=240)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    runs = assert_completed(cluster, job, log)
+    assert [r["JobState"] for r in runs] == ["COMPLETED"]  # not requeued, not FAILED
+    text = log.read_text()
+    assert "got SIGUSR1" in text and "training finished (SIGUSR1 arrived as it ended; the step exited" in text, text
+    assert json.loads((run / "exit.json").read_text())["code"] == 0
 
 
 def _poll(probe, timeout: float, what: str):

@@ -22,19 +22,19 @@ def test_same_batches_as_the_loader_and_resume_mid_flight(tmp_path):
     fetch = Prefetcher(loader, torch.device("cpu"))
     try:
         for k in range(10):
-            assert torch.equal(fetch.next_step(), expected[k])
+            assert torch.equal(fetch.next_step().tokens, expected[k])
             assert loader.position == (k + 1) * loader.global_batch  # prepared batches do not count
         state = loader.state_dict()
         # A checkpoint taken now resumes at batch 10, although batches 10-11 are already prepared.
         again = make(shards)
         again.load_state_dict(state)
         resumed = Prefetcher(again, torch.device("cpu"))
-        assert torch.equal(resumed.next_step(), expected[10])
+        assert torch.equal(resumed.next_step().tokens, expected[10])
         resumed.close()
         # Moving the position (load_state_dict of an older checkpoint) drops what was prepared.
         loader.position = 3 * loader.global_batch
-        assert torch.equal(fetch.next_step(), expected[3])
+        assert torch.equal(fetch.next_step().tokens, expected[3])
         for k in range(4, 40):
-            assert torch.equal(fetch.next_step(), expected[k])
+            assert torch.equal(fetch.next_step().tokens, expected[k])
     finally:
         fetch.close()

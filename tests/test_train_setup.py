@@ -41,7 +41,7 @@ def test_one_process_needs_no_process_group(monkeypatch):
         init_distributed("cpu")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
 def test_stop_signals_only_set_a_flag(sig):
     with PreemptionFlag() as flag:
         assert not flag.requested

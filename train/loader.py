@@ -25,11 +25,21 @@ micro-batch size continues at exactly the same token.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from pipeline.checkpoint import CheckpointError
-from pipeline.shards import ShardError, ShardInfo, open_shard
+from pipeline.shards import ShardError, ShardInfo, open_mask, open_shard
+
+
+class StepBatch(NamedTuple):
+    """One rank's data for one optimizer step, (grad_accum, micro_batch, seq_len + 1) each:
+    int64 tokens, and for prompt/response data (data_prep.sft) the uint8 loss mask of those
+    tokens (1 = a training target), else None."""
+    tokens: torch.Tensor
+    mask: torch.Tensor | None = None
 
 
 class TrainLoader:
@@ -39,6 +49,7 @@ class TrainLoader:
             raise ShardError("no train shards: the data directory holds only a val split "
                              "(data_prep writes shard 0 as val and the rest as train)")
         self.arrays = [open_shard(info) for info in shards]
+        self.masks = [open_mask(info) for info in shards] if shards[0].mask_sha256 else None
         self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
         self.total_tokens = int(self.lengths.sum())
         if self.total_tokens < seq_len + 1:
@@ -106,8 +117,10 @@ class TrainLoader:
         lo, hi = int(starts[slot]), int(starts[slot + 1])
         return epoch, lo + int(self._slot_permutation(epoch, slot, hi - lo)[i - lo])
 
-    def sequence_tokens(self, g: int) -> np.ndarray:
-        """The seq_len + 1 tokens of global position g (may span two or more shards)."""
+    def sequence_tokens(self, g: int, arrays: list[np.ndarray] | None = None) -> np.ndarray:
+        """The seq_len + 1 tokens of global position g (may span two or more shards); the
+        same slice of the loss masks with arrays=self.masks."""
+        arrays = self.arrays if arrays is None else arrays
         epoch, j = self.sequence_index(g)
         order, offsets, _ = self._epoch_plan(epoch)
         start, end = j * self.seq_len, j * self.seq_len + self.seq_len + 1
@@ -116,7 +129,7 @@ class TrainLoader:
         while start < end:
             lo = start - int(offsets[slot])
             take = min(end - start, int(offsets[slot + 1]) - start)
-            parts.append(self.arrays[order[slot]][lo:lo + take])
+            parts.append(arrays[order[slot]][lo:lo + take])
             start += take
             slot += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -128,18 +141,23 @@ class TrainLoader:
 
     # -- iteration and state -------------------------------------------------------------
 
-    def batch_at(self, position: int) -> torch.Tensor:
-        """This rank's data for the step starting at global position `position`:
-        int64 (grad_accum, micro_batch, seq_len + 1). Reads only; the state does not move."""
-        rows = [self.sequence_tokens(g) for g in self.rank_positions(position)]
-        batch = np.stack(rows).astype(np.int64)
-        return torch.from_numpy(batch).view(self.grad_accum, self.micro_batch, self.seq_len + 1)
+    def batch_at(self, position: int) -> StepBatch:
+        """This rank's data for the step starting at global position `position` (see StepBatch),
+        with the loss mask when the shards have one. Reads only; the state does not move."""
+        positions = self.rank_positions(position)
+        shape = (self.grad_accum, self.micro_batch, self.seq_len + 1)
+        tokens = np.stack([self.sequence_tokens(g) for g in positions]).astype(np.int64)
+        mask = None
+        if self.masks is not None:
+            mask = torch.from_numpy(np.stack([self.sequence_tokens(g, self.masks) for g in positions])).view(shape)
+        return StepBatch(torch.from_numpy(tokens).view(shape), mask)
 
     def next_step(self) -> torch.Tensor:
-        """The batch of the current position, then advance to the next step."""
+        """The tokens of the current position's batch, then advance to the next step
+        (the trainer reads through train/prefetch.py, which also brings the loss mask)."""
         batch = self.batch_at(self.position)
         self.position += self.global_batch
-        return batch
+        return batch.tokens
 
     def state_dict(self) -> dict:
         return {"fingerprint": self.fingerprint, "seed": self.seed, "shuffle": self.shuffle,

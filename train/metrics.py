@@ -97,8 +97,9 @@ def step_line(row: dict, max_steps: int, eta_s: float | None) -> str:
 class MetricsLog:
     """metrics.jsonl + console on rank 0; a no-op object on the other ranks."""
 
-    def __init__(self, path: Path, enabled: bool, start_step: int, max_steps: int):
+    def __init__(self, path: Path, enabled: bool, start_step: int, max_steps: int, sinks=None):
         self.path = Path(path)
+        self.sinks = sinks  # pipeline.loggers.Loggers (TensorBoard, W&B) or None
         self.enabled = enabled
         self.max_steps = max_steps
         self._t0 = time.perf_counter()
@@ -130,6 +131,8 @@ class MetricsLog:
     def row(self, row: dict) -> None:
         if self.enabled:
             self._queue.put(json.dumps(row))
+            if self.sinks is not None:
+                self.sinks.row(row)
 
     def flush(self) -> None:
         """Return once every row so far is on disk (raises the writer's I/O error, if any)."""
@@ -158,6 +161,8 @@ class MetricsLog:
             print(text, flush=True)
 
     def close(self) -> None:
+        if self.sinks is not None:
+            self.sinks.close()  # idempotent
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -17,7 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from train.loader import TrainLoader
+from train.loader import StepBatch, TrainLoader
+
+
+def _each(batch: StepBatch, fn) -> StepBatch:
+    """fn applied to the batch's tensors (the loss mask is None for pretraining data)."""
+    return StepBatch(*(None if t is None else fn(t) for t in batch))
 
 
 class Prefetcher:
@@ -28,30 +33,30 @@ class Prefetcher:
         self._lock = threading.Lock()  # the loader's epoch caches are not thread-safe
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prefetch")
         self._host: dict[int, Future] = {}    # position -> future of the (pinned) CPU batch
-        self._staged: tuple[int, torch.Tensor, torch.cuda.Event | None] | None = None
+        self._staged: tuple[int, StepBatch, torch.cuda.Event | None] | None = None
         self._stream = torch.cuda.Stream(device) if self.cuda else None
 
-    def _read(self, position: int) -> torch.Tensor:
+    def _read(self, position: int) -> StepBatch:
         with self._lock:
             batch = self.loader.batch_at(position)
-        return batch.pin_memory(self.device) if self.cuda else batch
+        return _each(batch, lambda t: t.pin_memory(self.device)) if self.cuda else batch
 
-    def _host_batch(self, position: int) -> torch.Tensor:
+    def _host_batch(self, position: int) -> StepBatch:
         future = self._host.pop(position, None)
         return future.result() if future is not None else self._read(position)
 
-    def _stage(self, position: int) -> tuple[int, torch.Tensor, torch.cuda.Event | None]:
+    def _stage(self, position: int) -> tuple[int, StepBatch, torch.cuda.Event | None]:
         """Start moving the batch of `position` to the device (asynchronously on CUDA)."""
         host = self._host_batch(position)
         if not self.cuda:
             return position, host, None
         with torch.cuda.stream(self._stream):
-            batch = host.to(self.device, non_blocking=True)
+            batch = _each(host, lambda t: t.to(self.device, non_blocking=True))
             event = torch.cuda.Event()
             event.record(self._stream)
         return position, batch, event
 
-    def next_step(self) -> torch.Tensor:
+    def next_step(self) -> StepBatch:
         """The batch at the loader's position, on the device; the position advances one step."""
         loader = self.loader
         position, step = loader.position, loader.global_batch
@@ -63,7 +68,7 @@ class Prefetcher:
         if event is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(event)
-            batch.record_stream(current)  # allocated on the side stream, used on this one
+            _each(batch, lambda t: t.record_stream(current))  # allocated on the side stream, used on this one
         loader.position = position + step
         # One step ahead on the device, two ahead on the host.
         self._staged = self._stage(position + step)

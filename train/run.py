@@ -15,7 +15,7 @@ def run(cfg: Config, run_dir: Path, resume: str, argv: list[str]) -> int:
     flag = PreemptionFlag().install()  # before the (possibly long) setup, so no signal is lost
     env = None
     try:
-        env = init_distributed(cfg.train.device)
+        env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
         return Trainer(cfg, run_dir, resume, env, flag, argv).fit()
     finally:
         if env is not None:

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,22 +23,9 @@ import torch
 
 from pipeline.atomic import atomic_write_json, atomic_write_text, read_jsonl
 from pipeline.config import Config
+from pipeline.provenance import git_commit
 
 METRICS = "metrics.jsonl"
-REPO = Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> dict:
-    """The checkout's commit and whether it had local changes (None outside a git checkout)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def device_name(device: torch.device) -> str:
@@ -51,7 +37,7 @@ def device_name(device: torch.device) -> str:
 
 
 def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: int,
-                       device: torch.device, resumed_from: Path | None) -> None:
+                       device: torch.device, resumed_from: Path | None, extra: dict | None = None) -> None:
     """config.toml (this launch's resolved config) and a run.json entry for this launch."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", cfg.to_toml())
@@ -66,6 +52,7 @@ def write_launch_files(run_dir: Path, cfg: Config, argv: list[str], world_size: 
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from": str(resumed_from) if resumed_from else None,
+        **(extra or {}),  # e.g. train.init_from's weights and their sha256
     }
     previous = []
     path = run_dir / "run.json"
@@ -89,6 +76,46 @@ def trim_metrics(run_dir: Path, resume_step: int) -> int:
     return len(rows) - len(keep)
 
 
-def write_exit(run_dir: Path, code: int, reason: str, step: int) -> None:
+def write_exit(run_dir: Path, code: int, reason: str, step: int | None) -> None:
     atomic_write_json(run_dir / "exit.json", {"code": code, "reason": reason, "step": step,
+                                              "launch": launch_id(), "attempt": _attempt(),
                                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+# torchrun --max-restarts restarts the whole worker group after any non-zero worker exit, so
+# a deliberate stop (bad config or data: exit 2; non-finite loss: exit 4) would be replayed
+# from the last checkpoint, hours of GPU time for the same verdict. A restarted worker that
+# finds such an exit recorded by its own launch repeats it at once instead.
+DELIBERATE_EXITS = (2, 4)  # train.EXIT_USER_ERROR, train.EXIT_NONFINITE
+
+
+def launch_id() -> str | None:
+    """One torchrun launch (the same on every node and across its restarts); None outside torchrun.
+
+    torchrun's run id is --rdzv-id (slurm/train.sbatch: job id and requeue count) or a fresh
+    uuid with --standalone; without either it is "none" for every launch, so the agent (the
+    worker's parent process) on this host tells launches apart.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id:
+        return None
+    return f"none@{socket.gethostname()}:{os.getppid()}" if run_id == "none" else run_id
+
+
+def _attempt() -> int:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def repeated_exit(run_dir: Path) -> dict | None:
+    """The exit record of a deliberate stop of this launch, when this worker is torchrun's restart after it."""
+    if _attempt() == 0 or launch_id() is None:
+        return None
+    try:
+        record = json.loads((run_dir / "exit.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("launch") != launch_id():
+        return None
+    if record.get("code") not in DELIBERATE_EXITS or not isinstance(record.get("attempt"), int):
+        return None
+    return record if record["attempt"] < _attempt() else None

@@ -1,7 +1,7 @@
 """Preemption: a signal only sets a flag; the training loop decides when to stop.
 
 Slurm (and torchrun, when it is itself signalled) send SIGTERM some time before SIGKILL;
-`sbatch --signal=USR1@120` sends SIGUSR1; Ctrl-C sends SIGINT. Doing work inside a signal
+`sbatch --signal=USR1@120` sends SIGUSR1; Ctrl-C sends SIGINT; a closed terminal SIGHUP. Doing work inside a signal
 handler (saving, collectives) is unsafe, so the handler records the signal, and the loop
 all-reduces the flag after every step so that all ranks stop after the same step, write
 one checkpoint and exit with train.EXIT_PREEMPTED. A second Ctrl-C aborts at once.
@@ -13,7 +13,9 @@ import signal
 import sys
 import threading
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# SIGHUP and SIGQUIT too: torchrun forwards them to the workers like SIGTERM (its agent handles
+# SIGTERM, SIGINT, SIGHUP, SIGQUIT), and their default actions (exit; core dump) would lose the step.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP, signal.SIGQUIT)
 
 
 class PreemptionFlag:

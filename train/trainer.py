@@ -21,19 +21,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                 remove_partial_checkpoints, save_checkpoint)
+                                 remove_partial_checkpoints, save_checkpoint, strip_wrapper_prefixes)
 from pipeline.config import Config, ConfigError
 from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
                                   gather_to_main)
+from pipeline.documents import document_layout
 from pipeline.failpoints import fail_point
+from pipeline.loggers import Loggers, require_packages
 from pipeline.model import GPT
 from pipeline.optimizer import build_optimizer
+from pipeline.provenance import git_commit
 from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
-from train.loader import TrainLoader
-from train.prefetch import Prefetcher
+from train.init_from import find_source, load_weights
+from train.loader import StepBatch, TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
+from train.precision import set_tf32
+from train.prefetch import Prefetcher
 from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
@@ -69,8 +74,8 @@ class Trainer:
         self.device = env.device
         self.dtype = autocast_dtype(tc.dtype, self.device)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-            torch.backends.cudnn.allow_tf32 = tc.tf32
+            set_tf32(tc.tf32)
+        require_packages(tc.loggers)  # a missing TensorBoard/W&B stops the run before any work
         self.grad_accum = grad_accum_steps(tc.total_batch_size, tc.micro_batch_size, tc.seq_len, env.world_size)
         shards = load_shard_set(cfg.data.dir)
         check_shards(shards.split("train"), env)
@@ -82,21 +87,30 @@ class Trainer:
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = GPT(cfg.model).to(self.device)
+        init = find_source(tc.init_from) if tc.init_from and ckpt is None else None
+        if init is not None:  # before the optimizer exists: it is built around these parameters
+            self.model.load_state_dict(load_weights(init))
         self.optimizer, self.fused = build_optimizer(self.model, cfg.optim, self.device.type)
         self.step, self.tokens_seen, self.saved_step = 0, 0, -1
         notes = self._restore(ckpt) if ckpt is not None else []
+        attention = cfg.data.document_attention
+        self.within_documents = attention == "within" or (attention == "auto" and self.loader.masks is not None)
         self.train_model = self._wrap(self.model)
         self.flops_per_token = self.model.flops_per_token(tc.seq_len)
         self.peak = peak_flops(self.device, tc.peak_tflops)
 
         if env.is_main:
             try:
-                write_launch_files(self.run_dir, cfg, argv, env.world_size, self.device, ckpt)
+                write_launch_files(self.run_dir, cfg, argv, env.world_size, self.device, ckpt,
+                                   init.describe() if init is not None else None)
             except OSError as err:
                 raise ConfigError(f"--run-dir {self.run_dir}: cannot write the run directory ({err})") from None
             trim_metrics(self.run_dir, self.step if ckpt is not None else -1)
             remove_partial_checkpoints(self.run_dir)
-        self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps)
+        sinks = Loggers(tc.loggers, self.run_dir, self.run_dir.resolve().name, cfg.to_dict(),
+                        git_commit() if env.is_main else {},
+                        enabled=env.is_main)
+        self.log = MetricsLog(self.run_dir / METRICS, env.is_main, self.step, tc.max_steps, sinks)
         self._describe(shards, ckpt, notes)
 
     # -- setup ---------------------------------------------------------------------------
@@ -110,7 +124,7 @@ class Trainer:
         # keeps authority over its hyperparameters and kernel choice (weight decay, betas, fused).
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
-            self.model.load_state_dict(loaded["model"])
+            self.model.load_state_dict(strip_wrapper_prefixes(loaded["model"]))
             self.optimizer.load_state_dict(loaded["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{ckpt}: weights or optimizer state do not fit this model ({err})") from None
@@ -150,7 +164,8 @@ class Trainer:
             f"activation checkpointing {m.activation_checkpointing}, MFU peak "
             f"{'%.0f TFLOP/s' % (self.peak / 1e12) if self.peak else 'unknown (set train.peak_tflops)'}")
         if ckpt is None:
-            say(f"fresh start in {self.run_dir}")
+            start = f" from the weights of {self.cfg.train.init_from}" if self.cfg.train.init_from else ""
+            say(f"fresh start{start} in {self.run_dir}")
         else:
             say(f"resumed from {ckpt} at step {self.step} (global sequence {self.loader.position})")
         for note in notes:
@@ -158,7 +173,21 @@ class Trainer:
 
     # -- one optimizer step -------------------------------------------------------------
 
-    def _train_step(self, batch: torch.Tensor, lr: float) -> tuple[float, float, bool, bool]:
+    def _micro_inputs(self, batch: StepBatch, micro: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(inputs, targets, extra forward arguments) of one micro-batch. With a loss mask the
+        targets the loss must skip (prompt tokens) are -1; attending within documents adds
+        their segment and position ids."""
+        rows = batch.tokens[micro]  # already on the device (train/prefetch.py)
+        inputs, targets = rows[:, :-1], rows[:, 1:]
+        mask = batch.mask[micro] if batch.mask is not None else None
+        if mask is not None:
+            targets = targets.masked_fill(mask[:, 1:] == 0, -1)
+        if not self.within_documents:
+            return inputs, targets, {}
+        segments, positions = document_layout(inputs, None if mask is None else mask[:, :-1])
+        return inputs, targets, {"segment_ids": segments, "position_ids": positions}
+
+    def _train_step(self, batch: StepBatch, lr: float) -> tuple[float, float, bool, bool]:
         """Returns (mean loss over all ranks, grad norm, skipped as non-finite, stop requested)."""
         env, model = self.env, self.train_model
         for group in self.optimizer.param_groups:
@@ -167,13 +196,13 @@ class Trainer:
                     else contextlib.nullcontext())
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            rows = batch[micro]  # already on the device (train/prefetch.py)
+            inputs, targets, extra = self._micro_inputs(batch, micro)
             last = micro == self.grad_accum - 1
             # DDP all-reduces gradients during backward; only the last micro-step needs it.
             sync = model.no_sync() if env.distributed and not last else contextlib.nullcontext()
             with sync:
                 with autocast:
-                    _, loss = model(rows[:, :-1], rows[:, 1:])
+                    _, loss = model(inputs, targets, **extra)
                 loss = loss / self.grad_accum  # the step's loss is the mean over micro-batches
                 if micro == 0 and fail_point("train.nan_loss", step=self.step + 1):
                     loss = loss * float("nan")
@@ -285,10 +314,14 @@ class Trainer:
                      "grad_accum": self.grad_accum, "config": self.cfg.to_dict(),
                      "model_hash": self.cfg.model_hash(), "time": time.time()}
             try:
+                began = time.perf_counter()
                 path = save_checkpoint(self.run_dir, self.step, {"model": self.model.state_dict(),
                                                                  "optimizer": self.optimizer.state_dict()}, state)
+                took = time.perf_counter() - began
                 prune_checkpoints(self.run_dir, self.cfg.train.keep_last, self.cfg.train.keep_every)
-                self.log.print(f"saved {path}")
+                size = sum(f.stat().st_size for f in path.iterdir())
+                # (size and time: what train.dist_timeout_s must outlast on this filesystem)
+                self.log.print(f"saved {path} ({size / 1e9:.2f} GB in {took:.1f} s)")
             except OSError as err:
                 error = f"cannot write the checkpoint of step {self.step} in {self.run_dir}: {err}"
         if any_rank(error is not None, self.env):

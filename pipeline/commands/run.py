@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,6 +91,15 @@ def plan(cfg: Config, config_path: str, run_dir: Path, overrides: list[str], npr
     return [data, *([install] if install else []), train, evaluate]
 
 
+def print_train_plan(config_path: str, overrides: list[str], nproc: int) -> int:
+    """The trainer's own --plan (its batch arithmetic and memory estimate) for this node's ranks."""
+    cmd = python_module("train", "--plan", "--config", config_path, "--plan-world-size", str(nproc), *overrides)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(f"\ntrain plan at world size {nproc} ($ {display(cmd)}):")
+    print(proc.stdout.rstrip() or proc.stderr.rstrip(), flush=True)
+    return proc.returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m pipeline run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(stages)}] {stage.name}: {state}")
             for cmd in stage.commands:
                 print(f"    $ {display(cmd)}")
-        return 0
+        return print_train_plan(args.config, overrides, nproc)
     try:
         run_stages(stages)
     except StageFailed as err:
