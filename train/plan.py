@@ -33,6 +33,8 @@ the real peak next to this estimate on a GPU.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import torch
@@ -51,9 +53,14 @@ RESERVE = 1 * GIB
 def param_count(cfg: Config, include_padding: bool = True) -> int:
     """GPT.num_params() of this config's model, built on the meta device (no memory, no time:
     a real 1.5B model would cost 6 GB), so every model option is counted as the model has it."""
-    with torch.device("meta"):
-        model = GPT(cfg.model)
-    return model.num_params(include_padding=include_padding)
+    key = (json.dumps(dataclasses.asdict(cfg.model), sort_keys=True), include_padding)
+    if key not in _COUNTS:  # memory() asks once per candidate micro batch
+        with torch.device("meta"):
+            _COUNTS[key] = GPT(cfg.model).num_params(include_padding=include_padding)
+    return _COUNTS[key]
+
+
+_COUNTS: dict[tuple[str, bool], int] = {}
 
 
 def compute_bytes(cfg: Config, device: str = "cuda") -> int:
