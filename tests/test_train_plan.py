@@ -4,7 +4,6 @@ four shipped GPT-2 configs, checked against the model, the trainer's rule and au
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 import torch

@@ -196,6 +196,7 @@ def format_plans(plans: list[Plan]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    note = (f"Memory: an estimate for CUDA with {'bf16 autocast' if plans and compute_bytes(plans[0].cfg) == 2 else 'fp32'}"
-            f" (train/plan.py); a micro batch fits a card when the estimate is <= {USABLE:.0%} of it.")
+    dtype = "bf16 autocast" if plans and compute_bytes(plans[0].cfg) == 2 else "fp32"
+    note = (f"Memory: an estimate for CUDA with {dtype} (train/plan.py); a micro batch fits a card when the "
+            f"estimate is <= {USABLE:.0%} of it.")
     return "\n".join([line(head), sep, *[line(r) for r in body], "", note])
