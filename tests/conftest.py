@@ -61,7 +61,8 @@ def real_data_problem() -> str | None:
     root = real_data_dir()
     how = f"set {REAL_DATA_ENV} to a directory holding {' and '.join(REAL_FILES)}, or run `make test-data`"
     if not root.is_dir():
-        return f"{root} is missing; {how}"
+        also = "" if os.environ.get(REAL_DATA_ENV) else f" (and so is {REPO.parent / 'shared' / 'data'})"
+        return f"{root} is missing{also}; {how}"
     missing = [name for name in REAL_FILES if not (root / name).is_file()]
     return f"{root / missing[0]} is missing; {how}" if missing else None
 
