@@ -81,6 +81,7 @@ class FakeHub:
         self.old_shas: set[str] = set()  # earlier commits still served (after a test "pushes")
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, int]] = []  # (method, path with query, status)
+        self.bytes_sent = 0  # response body bytes, for benchmarks
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -298,6 +299,8 @@ def _handler(hub: FakeHub):
             self.send_head(status, {**headers, "Content-Length": str(len(body))})
             if method != "HEAD":
                 self.wfile.write(body)
+                with hub.lock:
+                    hub.bytes_sent += len(body)
             return status
 
     return Handler

@@ -21,6 +21,7 @@ HUB_ARGS = ["--dataset", "HuggingFaceFW/fineweb-edu", "--name", "sample-10BT", "
             "--workers", "0", "--no-progress"]
 
 
+@pytest.mark.slow  # a real `python -m data_prep.fineweb` subprocess: ~5 s CPU importing datasets, ~20-40 s wall here
 def test_hub_end_to_end_is_byte_identical_to_local_files(tmp_path):
     files = fineweb_edu_repo()
     with FakeHub(files) as hub:
@@ -58,6 +59,7 @@ def test_stopped_is_not_swallowed_by_except_exception(monkeypatch):
         resolve_hub_files("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", None)
 
 
+@pytest.mark.slow  # a subprocess, as above
 def test_sigterm_during_hub_resolution_exits_143(tmp_path):
     import subprocess
     import sys

@@ -163,7 +163,8 @@ def test_train_job_runs_torchrun_workers_to_max_steps(reference_run, work):
     assert json.loads((reference_run / "run.json").read_text())["world_size"] == WORKERS
     assert [step_of(p) for p in list_checkpoints(reference_run)] == [MAX_STEPS]
     log = (work / "train-reference.out").read_text()
-    assert f"1 node(s) x {WORKERS} worker(s), rendezvous 127.0.0.1:" in log  # the head node's NodeAddr
+    # One thread per worker (2 CPUs, 2 workers); the rendezvous at the head node's NodeAddr.
+    assert f"1 node(s) x {WORKERS} worker(s), 1 thread(s) each, rendezvous 127.0.0.1:" in log
     assert "training finished" in log
 
 
@@ -286,7 +287,7 @@ def test_usr1_during_the_final_step_ends_completed_not_failed(cluster, shards, w
     runs = assert_completed(cluster, job, log)
     assert [r["JobState"] for r in runs] == ["COMPLETED"]  # not requeued, not FAILED
     text = log.read_text()
-    assert "got SIGUSR1" in text and "training finished (SIGUSR1 arrived as it ended)" in text, text
+    assert "got SIGUSR1" in text and "training finished (SIGUSR1 arrived as it ended; the step exited" in text, text
     assert json.loads((run / "exit.json").read_text())["code"] == 0
 
 

@@ -336,3 +336,9 @@ def test_defect4_watcher_ends_when_the_training_job_fails(slurm, tmp_path):
     assert slurm.finish(proc, timeout=60) == 0, slurm.output()
     assert "eval stopped by TERM" in slurm.output() and "training job 4241 ended" in slurm.output()
     assert "scontrol requeue" not in slurm.names()
+
+
+def test_a_bad_worker_count_is_one_error_line(slurm, tmp_path):
+    assert run_train(slurm, tmp_path, GPUS_PER_NODE="eight") == 2, slurm.output()
+    assert "GPUS_PER_NODE=eight: expected a positive number" in slurm.output()
+    assert slurm.calls("srun") == []
