@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from eval import OneLineParser
 from eval.plots import HELLASWAG_REFERENCES, VAL_LOSS_REFERENCES, format_tokens, plot_hellaswag, plot_loss
 from eval.rundata import RunData, load_run
 from pipeline.atomic import atomic_write_text
+from pipeline.cli import OneLineParser
 
 PLOTS = (("loss", "Loss vs tokens", plot_loss), ("hellaswag", "HellaSwag acc_norm vs tokens", plot_hellaswag))
 SAMPLE_STEPS = 3  # the latest steps whose generated samples are shown
@@ -80,10 +80,14 @@ def _references() -> list[str]:
     return [label for _, label in VAL_LOSS_REFERENCES + HELLASWAG_REFERENCES[:2]]
 
 
+def _no_data(title: str) -> str:
+    return f"No {title.split(' vs ')[0]} results yet: the plot appears with the first evaluated point."
+
+
 def render_markdown(runs: list[RunData], plots: dict[str, Path], when: str) -> str:
     out = [f"# Evaluation report: {', '.join(r.name for r in runs)}", "", f"Generated {when}.", ""]
     for name, title, _ in PLOTS:
-        out += [f"## {title}", "", f"![{title}](plots/{plots[name].name})", ""]
+        out += [f"## {title}", "", f"![{title}](plots/{plots[name].name})" if name in plots else _no_data(title), ""]
     out += ["Dashed reference lines: " + "; ".join(_references()) + ".", ""]
     for run in runs:
         out += [f"## Run {run.name}", ""] + [f"- {line}" for line in _summary(run)] + [""]
@@ -107,6 +111,9 @@ def render_html(runs: list[RunData], plots: dict[str, Path], when: str) -> str:
            "white-space:pre-wrap}</style></head><body>",
            f"<h1>Evaluation report: {e(', '.join(r.name for r in runs))}</h1><p>Generated {e(when)}.</p>"]
     for name, title, _ in PLOTS:
+        if name not in plots:
+            out.append(f"<h2>{e(title)}</h2><p>{e(_no_data(title))}</p>")
+            continue
         data = base64.b64encode(plots[name].read_bytes()).decode()
         out.append(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
     out.append(f"<p>Dashed reference lines: {e('; '.join(_references()))}.</p>")
@@ -130,7 +137,8 @@ def write_report(run_dir: str | Path, compare: list[str | Path] = ()) -> list[Pa
     suffix = "_compare" if compare else ""
     plots = {name: out / "plots" / f"{name}{suffix}.png" for name, _, _ in PLOTS}
     for name, _, draw in PLOTS:
-        draw(runs, plots[name])
+        if not draw(runs, plots[name]):
+            plots.pop(name).unlink(missing_ok=True)  # and no stale picture from an earlier report
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     md, page = out / f"report{suffix}.md", out / f"report{suffix}.html"
     atomic_write_text(md, render_markdown(runs, plots, when))

@@ -8,11 +8,11 @@ cannot be parsed is counted and shown, never fatal.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.results import latest_by_metric, results_path
+from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import list_checkpoints, step_of
 from pipeline.config import Config, ConfigError, load_toml
 
@@ -57,22 +57,9 @@ class RunData:
 
 def _jsonl(path: Path) -> tuple[list[dict], int]:
     """Rows of a JSON-lines file and the number of lines that were not valid JSON objects."""
-    if not path.is_file():
-        return [], 0
-    rows, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    return rows, bad
+    damaged: list[int] = []
+    rows = read_jsonl(path, damaged)
+    return rows, len(damaged)
 
 
 def _number(value) -> bool:

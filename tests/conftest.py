@@ -83,7 +83,8 @@ def pytest_configure(config):
         # Under xdist the controller collects nothing, so it never loads tests/faults/conftest.py;
         # register it here so the workers' fault ledgers are merged and printed once.
         import faults.conftest
-        config.pluginmanager.register(faults.conftest, "fault-ledger")
+        if not config.pluginmanager.is_registered(faults.conftest):  # not loaded as an initial conftest
+            config.pluginmanager.register(faults.conftest, "fault-ledger")
     problem = real_data_problem()
     if _is_ci() and problem and not hasattr(config, "workerinput"):
         raise pytest.UsageError(f"CI=true but the real test data is not there: {problem}")
@@ -91,8 +92,8 @@ def pytest_configure(config):
 
 # Whole files that are slow by nature: the Slurm cluster, the fault sweeps (each injects a
 # fault kind dozens of times). Single slow tests carry @pytest.mark.slow themselves.
-SLOW_PATHS = ("tests/test_slurm.py", "tests/faults/")
-SYSTEM_PATHS = ("tests/test_slurm.py", "tests/faults/test_faults_disk_full.py")
+SLOW_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/")
+SYSTEM_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/test_faults_disk_full.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -105,3 +105,32 @@ def test_torn_and_garbled_lines_do_not_stop_a_report(run):
 def test_report_cli_errors_on_a_missing_run(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such run directory\n"
+
+
+def test_no_hellaswag_data_means_no_plot_but_one_sentence(tmp_path):
+    run = make_run(tmp_path / "bare", tiny_config(max_steps=5), steps=[5], metrics=False)
+    append_line(run / "metrics.jsonl", '{"step": 1, "kind": "train", "loss": 9.5, "tokens": 512}')
+    (run / "eval" / "plots").mkdir(parents=True)
+    (run / "eval" / "plots" / "hellaswag.png").write_bytes(b"stale")  # from an earlier report
+    assert plot_hellaswag([load_run(run)], tmp_path / "hs.png") == {} and not (tmp_path / "hs.png").exists()
+    paths = write_report(run)
+    assert [p.name for p in paths] == ["report.md", "report.html", "loss.png"]
+    assert not (run / "eval" / "plots" / "hellaswag.png").exists()
+    md, page = paths[0].read_text(), paths[1].read_text()
+    assert "No HellaSwag acc_norm results yet" in md and "hellaswag.png" not in md
+    assert "No HellaSwag acc_norm results yet" in page and page.count("data:image/png") == 1
+
+
+@pytest.mark.parametrize("low,high", [(0, 1), (0, 3), (0, 7), (1_000_000, 1_000_500), (0, 2e10),
+                                      (5e8, 5e8 + 40), (12_345, 12_349)])
+def test_token_tick_labels_read_differently_at_every_scale(low, high):
+    import matplotlib.pyplot as plt
+
+    from eval.plots import _new_axes
+    fig, ax = _new_axes("t", "y")
+    ax.plot([low, high], [0, 1])
+    ax.set_xlim(low, high)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+    plt.close(fig)
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
