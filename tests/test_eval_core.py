@@ -146,14 +146,14 @@ def test_python_m_eval_core_writes_results_and_two_ranks_equal_one(tmp_path, cap
 
 
 @pytest.mark.parametrize("shots", [0, 10])
-def test_real_hellaswag_as_core_multiple_choice(shared_data, tmp_path, shots):
-    """The HellaSwag val file converted to CORE's multiple-choice format (real data; uses
-    the shared_data fixture until the opt-in real-data fixture lands): 0-shot sequences are
+def test_real_hellaswag_as_core_multiple_choice(real_data, tmp_path, shots):
+    """The real HellaSwag val file (opt-in: GPT2_PIPELINE_TEST_DATA) converted to CORE's
+    multiple-choice format: 0-shot sequences are
     build-nanogpt's tokens after a BOS; 10-shot prompts are cut from the left at the
     context limit; the batched scorer decides as one forward per sequence does."""
     from _core_bundle import hellaswag_as_mc, write_bundle
     from pipeline.hellaswag import load_hellaswag
-    path = shared_data / "hellaswag" / "hellaswag_val.jsonl"
+    path = real_data / "hellaswag" / "hellaswag_val.jsonl"
     rows = hellaswag_as_mc(path, 16)
     directory = write_bundle(tmp_path / "hs", [(f"hellaswag_{shots}", "multiple_choice", shots, " ", rows, 25.0)])
     task = load_bundle(directory).tasks[0]
