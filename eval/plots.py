@@ -1,4 +1,5 @@
-"""The report's PNG plots (matplotlib, headless): losses and HellaSwag against tokens seen.
+"""The report's PNG plots (matplotlib, headless): losses, bits-per-byte, HellaSwag and CORE
+against tokens seen.
 
 Each plot function draws one or more runs (compare mode overlays them, one colour per
 run), adds dashed reference lines for published baselines, and returns {label: number
@@ -172,3 +173,38 @@ def plot_hellaswag(runs: list[RunData], path: Path) -> dict[str, int]:
             seen.append(value)
     ax.set_ylim(min(seen) - 0.03, max(seen) + 0.03)
     return _finish(fig, ax, path, labels, HELLASWAG_REFERENCES)
+
+
+def plot_bpb(runs: list[RunData], path: Path) -> dict[str, int]:
+    """Validation bits per byte (in-loop line, eval markers): the loss normalised by the
+    bytes of text, comparable across tokenizers."""
+    fig, ax = _new_axes("Validation bits per byte", "bits per UTF-8 byte")
+    many, labels = len(runs) > 1, {}
+    for i, run in enumerate(runs):
+        for source, series, style in (("in-loop", run.bpb_inloop, dict(linestyle="--", marker=None)),
+                                      ("eval", run.bpb_eval, dict(linestyle="none", marker="o"))):
+            if series:
+                x, y = np.array(series).T
+                label = _label(run, f"val bpb ({source})", many)
+                ax.plot(x, y, color=f"C{i}", linewidth=1.6, markersize=5, label=label, **style)
+                labels[label] = len(y)
+    return _finish(fig, ax, path, labels, ())
+
+
+def plot_core(runs: list[RunData], path: Path) -> dict[str, int]:
+    """CORE (mean centered accuracy, thick) and each task's centered accuracy (thin)."""
+    fig, ax = _new_axes("CORE and per-task centered accuracy", "centered accuracy")
+    many, labels = len(runs) > 1, {}
+    for i, run in enumerate(runs):
+        tasks = sorted(k for k in run.core_eval if k != "core")
+        for j, name in enumerate(["core"] + tasks):
+            if name not in run.core_eval:
+                continue
+            x, y = np.array(sorted(run.core_eval[name])).T
+            label = _label(run, "CORE" if name == "core" else name, many)
+            style = (dict(color=f"C{i}", linewidth=2.6, marker="o") if name == "core" else
+                     dict(color=f"C{(i + j) % 10}", linewidth=0.9, alpha=0.6, marker="."))
+            ax.plot(x, y, label=label, **style)
+            labels[label] = len(y)
+    ax.axhline(0.0, color="0.6", linestyle=":", linewidth=1.0)
+    return _finish(fig, ax, path, labels, ())

@@ -27,6 +27,9 @@ class RunData:
     val_eval: list[tuple[float, float]] = field(default_factory=list)
     hellaswag_inloop: list[tuple[float, float, int]] = field(default_factory=list)  # (tokens, acc_norm, n)
     hellaswag_eval: list[tuple[float, float, int]] = field(default_factory=list)
+    bpb_inloop: list[tuple[float, float]] = field(default_factory=list)  # (tokens, val bits per byte)
+    bpb_eval: list[tuple[float, float]] = field(default_factory=list)
+    core_eval: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "core" / task -> (tokens, centered)
     samples: list[tuple[int, str]] = field(default_factory=list)  # (step, text)
     results: list[dict] = field(default_factory=list)  # newest result per (step, metric)
     on_disk: dict[int, Path] = field(default_factory=dict)  # complete checkpoints by step
@@ -93,6 +96,8 @@ def load_run(run_dir: str | Path) -> RunData:
             data.train.append((x, row["loss"]))
         elif kind == "val" and _number(row.get("loss")):
             data.val_inloop.append((x, row["loss"]))
+            if _number(row.get("bpb")):
+                data.bpb_inloop.append((x, row["bpb"]))
         elif kind == "hellaswag" and _number(row.get("acc_norm")):
             data.hellaswag_inloop.append((x, row["acc_norm"], int(row.get("n", 0))))
 
@@ -110,6 +115,10 @@ def load_run(run_dir: str | Path) -> RunData:
             data.val_eval.append((x, r["value"]))
         elif r["metric"] == "hellaswag_acc_norm":
             data.hellaswag_eval.append((x, r["value"], r["n"]))
+        elif r["metric"] == "val_bpb":
+            data.bpb_eval.append((x, r["value"]))
+        elif r["metric"] == "core" or r["metric"].startswith("core_centered/"):
+            data.core_eval.setdefault(r["metric"].removeprefix("core_centered/"), []).append((x, r["value"]))
     data.on_disk = {step_of(p): p for p in list_checkpoints(run_dir)}
     data.unreadable_lines = bad_metrics + bad_results
     return data

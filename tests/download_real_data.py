@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default %(default)s)")
     args = p.parse_args(argv)
     try:
-        install_hellaswag(args.out / "hellaswag", timeout=args.timeout)
+        try:
+            install_hellaswag(args.out / "hellaswag", timeout=args.timeout)
+        except DataPrepError as err:  # offline, it ends with the install command: point that at OUT
+            message = str(err)
+            raise DataPrepError(message + f" --out {args.out / 'hellaswag'}"
+                                if message.endswith("--from PATH/hellaswag_val.jsonl") else message) from None
         print(fetch(TINYSHAKESPEARE_URL, TINYSHAKESPEARE_SHA256, args.out / "text" / "tinyshakespeare.txt",
                     args.timeout))
     except DataPrepError as err:

@@ -50,7 +50,7 @@ def test_report_files_exist_and_html_is_self_contained(run):
         assert base64.b64encode(png.read_bytes()).decode() in html  # embedded, byte for byte
     assert re.findall(r"(?:src|href)=['\"](?!data:)", html) == []  # nothing outside the file
     # the checkpoints table: one row per evaluated step, with its numbers
-    assert "| 20 | 10.2k | 4.1500 | 0.2600 | 0.2700 | 500 | on disk |" in md
+    assert "| 20 | 10.2k | 4.1500 | — | 0.2600 | 0.2700 | 500 | — | on disk |" in md
     assert "GPT-2 124M HellaSwag acc_norm (0.2955)" in md and "GPT-3 124M" in md
     # generated samples from metrics.jsonl, newest first, HTML-escaped
     assert md.index("Samples at step 30") < md.index("Samples at step 20")
@@ -134,3 +134,26 @@ def test_token_tick_labels_read_differently_at_every_scale(low, high):
     labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
     plt.close(fig)
     assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+
+
+def test_bpb_and_core_plots_appear_once_there_are_points(run):
+    paths = write_report(run)
+    assert not any(p.name in ("bpb.png", "core.png") for p in paths)  # no bpb/CORE results yet
+    for step in (10, 20, 30):
+        base = dict(step=step, tokens_seen=step * TOKENS_PER_STEP, checkpoint=f"{run}/checkpoints/step_{step:06d}",
+                    checkpoint_sha256=f"{step:064x}", n=40, data_sha256="c")
+        append_result(run, dict(base, metric="val_bpb", value=1.5 - step / 100))
+        append_result(run, dict(base, metric="core", value=step / 300))
+        for task in ("hellaswag", "lambada"):
+            append_result(run, dict(base, metric=f"core_centered/{task}", value=step / 200))
+    data = load_run(run)
+    assert [round(v, 3) for _, v in data.bpb_eval] == [1.4, 1.3, 1.2]
+    assert sorted(data.core_eval) == ["core", "hellaswag", "lambada"]
+    paths = write_report(run)
+    names = {p.name for p in paths}
+    assert {"bpb.png", "core.png"} <= names
+    for p in paths:
+        if p.suffix == ".png":
+            _png_ok(p)
+    md = (run / "eval" / "report.md").read_text()
+    assert "CORE vs tokens" in md and "| val bpb |" in md and "CORE 0.1000" in md
