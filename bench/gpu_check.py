@@ -293,7 +293,7 @@ def table(report: dict) -> str:
                     continue
                 m = f"MFU {r['mfu']:.1%}" if r.get("mfu") else "MFU n/a"
                 mem = (f"peak {r['peak_gib']} GiB (est. {r['est_peak_gib']})" if "peak_gib" in r
-                       else f"peak n/a on CPU (est. {r['est_peak_gib']} GiB on CUDA)")
+                       else f"peak n/a on CPU (plan: {r['est_peak_gib']} GiB)")
                 lines.append(f"    {mode} micro {r['micro']:>3}: {r['tok_per_s']:>10,} tok/s  {m:<10} {mem}  "
                              f"first {r['warmup_s']} s")
         else:

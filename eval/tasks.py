@@ -18,11 +18,10 @@ import numpy as np
 from eval import EvalError
 from eval.core import CoreBundle, load_bundle
 from pipeline.config import Config
-from pipeline.hellaswag import Example, hellaswag_sha256, load_hellaswag, verify_hellaswag
+from pipeline.hellaswag import DEFAULT_HELLASWAG, Example, hellaswag_sha256, load_hellaswag, verify_hellaswag
 from pipeline.shards import load_shard_set
-from pipeline.val_loss import val_token_stream
+from pipeline.val_loss import val_mask_stream, val_token_stream
 
-DEFAULT_HELLASWAG = Path("data/hellaswag/hellaswag_val.jsonl")  # where data_prep.hellaswag installs it
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class ValTask:
     sha256: str
     seq_len: int
     batch_size: int
+    mask: np.ndarray | None = None  # prompt/response shards: only the responses are scored
     metrics = ("val_loss", "val_bpb")
 
 
@@ -74,11 +74,15 @@ def hellaswag_task(path: Path, limit: int, verify: bool, batch_size: int) -> Hel
 
 
 def val_task(directory: Path, val_tokens: int, seq_len: int, batch_size: int) -> ValTask:
-    tokens = val_token_stream(load_shard_set(directory), val_tokens)
-    # The loss depends on the tokens and on how they are cut into sequences.
+    shards = load_shard_set(directory)
+    tokens = val_token_stream(shards, val_tokens)
+    mask = val_mask_stream(shards, val_tokens)
+    # The loss depends on the tokens, the loss mask and how they are cut into sequences.
     digest = hashlib.sha256(np.ascontiguousarray(tokens, dtype="<u2").tobytes())
+    if mask is not None:
+        digest.update(np.ascontiguousarray(mask).tobytes())
     digest.update(f"|seq_len={seq_len}".encode())
-    return ValTask(directory, tokens, digest.hexdigest(), seq_len, batch_size)
+    return ValTask(directory, tokens, digest.hexdigest(), seq_len, batch_size, mask)
 
 
 def build_tasks(*, tasks: str, hellaswag: str | None, limit: int, verify: bool, batch_size: int,

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import NamedTuple
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.shards import ShardError, ShardSet, open_shard
+from pipeline.documents import document_layout
+from pipeline.shards import ShardError, ShardSet, open_mask, open_shard
 from pipeline.tokenizer import token_byte_lengths
 
 
@@ -33,11 +33,21 @@ class ValResult(NamedTuple):
 
 def val_token_stream(shards: ShardSet, val_tokens: int) -> np.ndarray:
     """The first val_tokens + 1 tokens of the val split (inputs plus the shifted targets)."""
-    needed = val_tokens + 1
+    return _first(shards, val_tokens + 1, open_shard)
+
+
+def val_mask_stream(shards: ShardSet, val_tokens: int) -> np.ndarray | None:
+    """The loss mask of those tokens for prompt/response shards (data_prep.sft), else None."""
+    if not shards.split("val") or shards.split("val")[0].mask_sha256 is None:
+        return None
+    return _first(shards, val_tokens + 1, open_mask)
+
+
+def _first(shards: ShardSet, needed: int, opener) -> np.ndarray:
     parts, have = [], 0
     for info in shards.split("val"):
         # sha256 checked: a flipped byte would otherwise change every reported val loss silently.
-        array = open_shard(info, verify_hash=True)
+        array = opener(info, verify_hash=True)
         take = min(len(array), needed - have)
         parts.append(np.asarray(array[:take]))
         have += take
@@ -53,9 +63,12 @@ def val_token_stream(shards: ShardSet, val_tokens: int) -> np.ndarray:
 def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
                      device: torch.device, autocast_dtype: torch.dtype | None = None,
                      rank: int = 0, world_size: int = 1,
-                     progress: Callable[[int], None] | None = None) -> ValResult:
+                     progress: Callable[[int], None] | None = None, mask: np.ndarray | None = None) -> ValResult:
     """Mean next-token cross-entropy and bits-per-byte over the budget. progress (e.g. a
-    tqdm bar's update) is called with the number of this rank's sequences done."""
+    tqdm bar's update) is called with the number of this rank's sequences done.
+
+    With `mask` (prompt/response data) only the targets it marks count, and every token
+    attends within its own document, as the trainer trains on such data."""
     n_seq = (len(tokens) - 1) // seq_len
     mine = list(range(rank, n_seq, world_size))
     nbytes = torch.tensor(token_byte_lengths(), dtype=torch.float64, device=device)
@@ -69,18 +82,25 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
         rows = mine[start:start + batch_size]
         buf = np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in rows]).astype(np.int64)
         batch = torch.from_numpy(buf).to(device)
+        extra, counted = {}, None
+        if mask is not None:
+            rows_mask = torch.from_numpy(np.stack([mask[i * seq_len: i * seq_len + seq_len + 1] for i in rows])).to(device)
+            segments, positions = document_layout(batch[:, :-1], rows_mask[:, :-1])
+            extra = {"segment_ids": segments, "position_ids": positions}
+            counted = rows_mask[:, 1:] == 1
         with autocast:
             # The model's chunked loss from one pass of hidden states: the (rows x seq_len x
             # vocab) logits never exist. Once over every target, once over those with text
             # (end-of-text has no bytes, so bits-per-byte leaves its nats out too).
-            hidden = model.hidden_states(batch[:, :-1])
-            targets = batch[:, 1:]
-            target_bytes = nbytes[targets]
+            hidden = model.hidden_states(batch[:, :-1], **extra)
+            targets = batch[:, 1:] if counted is None else batch[:, 1:].masked_fill(~counted, -1)
+            target_bytes = nbytes[targets.clamp(min=0)] * (targets >= 0)
             with_text = target_bytes > 0
             loss_all = model.loss_from_hidden(hidden, targets)
             loss_text = model.loss_from_hidden(hidden, targets.masked_fill(~with_text, -1))
-        total[0] += loss_all.double() * targets.numel()
-        total[1] += targets.numel()
+        n_targets = targets.numel() if counted is None else counted.sum()
+        total[0] += loss_all.double() * n_targets
+        total[1] += n_targets
         total[2] += loss_text.double() * with_text.sum()
         total[3] += target_bytes.sum()
         if progress is not None:

@@ -23,7 +23,7 @@ from pipeline.model import GPT
 from pipeline.shards import load_shard_set, open_mask, open_shard
 from pipeline.tokenizer import EOT, get_tokenizer
 from train import EXIT_PREEMPTED
-from train.loader import document_layout
+from pipeline.documents import document_layout
 
 STEPS = 6
 SFT_TOML = """
@@ -348,3 +348,26 @@ def test_a_micro_batch_with_no_target_has_loss_zero_not_nan():
     loss.backward()
     assert loss.item() == 0.0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_val_loss_of_prompt_response_data_scores_responses_within_documents():
+    """compute_val_loss with a loss mask = each document run alone, loss over its response only."""
+    from pipeline.val_loss import compute_val_loss
+    torch.manual_seed(2)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=EOT + 1)).eval()
+    enc = get_tokenizer()
+    pairs = [encode_pair(enc, r["prompt"], r["response"]) for r in make_pairs(4, seed=7)]
+    tokens = np.concatenate([t for t, _ in pairs] + [[EOT]]).astype(np.uint16)
+    mask = np.concatenate([m for _, m in pairs] + [[0]]).astype(np.uint8)
+    result = compute_val_loss(model, tokens, len(tokens) - 1, 1, torch.device("cpu"), mask=mask)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for doc, doc_mask in pairs:
+            logits, _ = model(torch.from_numpy(doc.astype(np.int64))[None])
+            keep = torch.from_numpy(doc_mask[1:] == 1)
+            losses = F.cross_entropy(logits[0, :-1, :EOT + 1], torch.from_numpy(doc[1:].astype(np.int64)),
+                                     reduction="none")
+            total += losses[keep].sum().item()
+            count += int(keep.sum())
+    assert result.tokens == count == int(mask[1:].sum())
+    assert abs(result.loss - total / count) < 1e-5

@@ -287,7 +287,7 @@ def test_usr1_during_the_final_step_ends_completed_not_failed(cluster, shards, w
     runs = assert_completed(cluster, job, log)
     assert [r["JobState"] for r in runs] == ["COMPLETED"]  # not requeued, not FAILED
     text = log.read_text()
-    assert "got SIGUSR1" in text and "training finished (SIGUSR1 arrived as it ended)" in text, text
+    assert "got SIGUSR1" in text and "training finished (SIGUSR1 arrived as it ended; the step exited" in text, text
     assert json.loads((run / "exit.json").read_text())["code"] == 0
 
 

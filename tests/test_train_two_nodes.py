@@ -9,13 +9,14 @@ twice on a 2-core machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,12 +36,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(node_rank: int, port: int, config, run, **env) -> subprocess.Popen:
+def descendants(pid: int) -> list[int]:
+    """pid's children, grandchildren, ... (torchrun starts its workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_node(node: subprocess.Popen) -> None:
+    for pid in [node.pid, *descendants(node.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.wait()
+
+
+def launch(node_rank: int, port: int, config, run, *extra: str, **env) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
            f"--node_rank={node_rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={ADDRESSES[0]}:{port}",
            "--rdzv_id=two-nodes", f"--rdzv_conf=is_host={int(node_rank == 0)}",
            f"--local_addr={ADDRESSES[node_rank]}", "--max_restarts=0",
-           "-m", "train", "--config", str(config), "--run-dir", str(run)]
+           "-m", "train", "--config", str(config), "--run-dir", str(run), *extra]
     # GLOO_SOCKET_IFNAME: gloo's peers meet on the loopback device, as a cluster's would on its fabric.
     return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GLOO_SOCKET_IFNAME="lo", **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -88,22 +113,23 @@ def test_two_nodes_train_like_one_process(config, baseline, tmp_path):
 def test_a_run_whose_node_is_killed_resumes_on_two_nodes(config, baseline, tmp_path):
     run = tmp_path / "run"
     port = free_port()
-    nodes = [launch(r, port, config, run, GPT2_PIPELINE_TEST_STEP_SLEEP="1.5") for r in (0, 1)]
+    # dist_timeout_s 20: node 0 notices the dead node at its next collective, or after 20 s at most
+    slow_steps = "train.after_step=sleep(1.5)"
+    nodes = [launch(r, port, config, run, "--train.dist_timeout_s=20", GPT2_PIPELINE_FAILPOINTS=slow_steps)
+             for r in (0, 1)]
     try:
         deadline = time.monotonic() + 240
         while len(losses(run) if (run / "metrics.jsonl").exists() else {}) < 4:
             assert all(n.poll() is None for n in nodes), nodes[0].communicate()[1][-3000:]
             assert time.monotonic() < deadline, "timed out waiting for step 4"
             time.sleep(0.1)
-        os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1 is gone: its agent and its worker
-        nodes[1].wait()
+        kill_node(nodes[1])  # node 1 is gone: its agent and its worker
         _, err = nodes[0].communicate(timeout=180)  # node 0 notices the dead peer and fails
         assert nodes[0].returncode != 0, err[-3000:]
     finally:
         for node in nodes:
             if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
+                kill_node(node)
     assert latest_checkpoint(run).name == "step_000003"
     assert not (run / "exit.json").exists() or '"code": 0' not in (run / "exit.json").read_text()
     nodes = two_nodes(config, run)  # the same command on both nodes: --resume auto

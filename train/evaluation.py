@@ -16,7 +16,7 @@ import torch
 from pipeline.config import Config, ConfigError
 from pipeline.distributed import DistEnv
 from pipeline.shards import ShardSet
-from pipeline.val_loss import compute_val_loss, val_token_stream
+from pipeline.val_loss import compute_val_loss, val_mask_stream, val_token_stream
 
 
 class InLoopEval:
@@ -26,6 +26,7 @@ class InLoopEval:
         self.autocast_dtype = autocast_dtype
         ev = cfg.eval
         self.val_tokens: np.ndarray | None = None
+        self.val_mask: np.ndarray | None = None
         self.hellaswag = None
         self.prompt: list[int] | None = None
         if ev.eval_every > 0:
@@ -33,6 +34,7 @@ class InLoopEval:
                 raise ConfigError(f"eval.val_tokens = {ev.val_tokens}: must be >= train.seq_len = "
                                   f"{cfg.train.seq_len} (the budget is scored in whole sequences)")
             self.val_tokens = val_token_stream(shards, ev.val_tokens)  # ShardError if too small
+            self.val_mask = val_mask_stream(shards, ev.val_tokens)  # prompt/response data: responses only
             if ev.hellaswag_path:
                 self.hellaswag = _load_hellaswag(ev.hellaswag_path, ev.hellaswag_limit)
         if ev.sample_every > 0 and ev.num_samples > 0:
@@ -51,7 +53,8 @@ class InLoopEval:
         """Val loss (and HellaSwag) on every rank together; rows for rank 0 to log."""
         cfg = self.cfg
         val = compute_val_loss(model, self.val_tokens, cfg.train.seq_len, cfg.train.micro_batch_size,
-                               self.env.device, self.autocast_dtype, self.env.rank, self.env.world_size)
+                               self.env.device, self.autocast_dtype, self.env.rank, self.env.world_size,
+                               mask=self.val_mask)
         rows = [{"step": step, "kind": "val", "loss": val.loss, "bpb": val.bpb, "tokens": tokens_seen}]
         if self.hellaswag is not None:
             from pipeline.hellaswag import evaluate_hellaswag
@@ -88,10 +91,7 @@ def _load_hellaswag(path: str, limit: int):
     if not Path(path).is_file():
         raise ConfigError(f"eval.hellaswag_path = {path!r}: no such file "
                           "(python -m data_prep.hellaswag installs data/hellaswag/hellaswag_val.jsonl)")
-    try:
-        from pipeline.hellaswag import HellaSwagError, load_hellaswag, verify_hellaswag
-    except ImportError as err:
-        raise ConfigError(f"eval.hellaswag_path is set but pipeline.hellaswag cannot be imported ({err})") from None
+    from pipeline.hellaswag import HellaSwagError, load_hellaswag, verify_hellaswag
     try:
         # The whole file against the canonical set's sha256, as `python -m eval` does: a damaged
         # or truncated copy would otherwise give in-loop numbers that look real.

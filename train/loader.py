@@ -32,7 +32,6 @@ import torch
 
 from pipeline.checkpoint import CheckpointError
 from pipeline.shards import ShardError, ShardInfo, open_mask, open_shard
-from pipeline.tokenizer import EOT
 
 
 class StepBatch(NamedTuple):
@@ -41,23 +40,6 @@ class StepBatch(NamedTuple):
     tokens (1 = a training target), else None."""
     tokens: torch.Tensor
     mask: torch.Tensor | None = None
-
-
-def document_layout(tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(segment ids, position ids), both (B, T), for attention within documents.
-
-    A document starts at each end-of-text token -- with a loss mask, only at one the loss
-    skips (data_prep.sft ends every response with an end-of-text that IS a target). The
-    first tokens of a row continue a document that began before it; they form segment 0.
-    Positions count from each document's start, so a packed document sees the same
-    positions as it would alone."""
-    starts = tokens == EOT
-    if mask is not None:
-        starts &= mask == 0
-    segments = starts.long().cumsum(1)
-    index = torch.arange(tokens.size(1), device=tokens.device).expand_as(tokens)
-    first = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
-    return segments, index - first
 
 
 class TrainLoader:

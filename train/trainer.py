@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                  remove_partial_checkpoints, save_checkpoint, strip_wrapper_prefixes)
 from pipeline.config import Config, ConfigError
-from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
-                                  gather_to_main)
+from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, autocast_dtype, barrier,
+                                  broadcast_from_main, gather_to_main)
+from pipeline.documents import document_layout
 from pipeline.failpoints import fail_point
 from pipeline.loggers import Loggers, require_packages
 from pipeline.model import GPT
@@ -34,25 +35,15 @@ from pipeline.shards import ShardError, load_shard_set, verify_shards
 from train import EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED
 from train.evaluation import InLoopEval
 from train.init_from import find_source, load_weights
-from train.loader import StepBatch, TrainLoader, document_layout
-from train.prefetch import Prefetcher
+from train.loader import StepBatch, TrainLoader
 from train.metrics import MetricsLog, finite_or_none, mfu, peak_flops
 from train.precision import set_tf32
+from train.prefetch import Prefetcher
 from train.resume import (capture_rng, check_model_shape, check_optimizer_name, check_state, config_changes,
                           find_resume_checkpoint, restore_rng)
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
 from train.schedule import grad_accum_steps, lr_at
 from train.signals import PreemptionFlag
-
-STATE_VERSION = 1
-
-
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """None = plain fp32. auto: bf16 autocast on CUDA (GPT-2 reproductions' setting), fp32 elsewhere."""
-    if name == "bfloat16" or (name == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
 
 def check_shards(shards: list, env: DistEnv) -> None:
     """Every train shard's sha256 against the manifest before the first step (each rank
@@ -308,10 +299,10 @@ class Trainer:
         rng = gather_to_main(capture_rng(self.device), self.env)
         error = None
         if self.env.is_main:
-            state = {"version": STATE_VERSION, "step": self.step, "tokens_seen": self.tokens_seen,
+            state = {"step": self.step, "tokens_seen": self.tokens_seen,
                      "loader": self.loader.state_dict(), "rng": rng, "world_size": self.env.world_size,
                      "grad_accum": self.grad_accum, "config": self.cfg.to_dict(),
-                     "model_hash": self.cfg.model_hash(), "time": time.time()}
+                     "time": time.time()}
             try:
                 began = time.perf_counter()
                 path = save_checkpoint(self.run_dir, self.step, {"model": self.model.state_dict(),

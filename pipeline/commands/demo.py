@@ -6,6 +6,8 @@
     eval    python -m eval                     val loss (+ HellaSwag if present) per checkpoint,
                                                report.md / report.html with plots
     then a few samples from the final checkpoint and the commands for the real run.
+    --finetune: then fine-tune that model on stdlib questions and answers and show
+    held-out answers before and after (pipeline/commands/demo_finetune.py).
 
 Each stage is the same command a user would type (printed as it runs); a stage whose
 output is complete is skipped, so a second run only redoes what is missing. Overrides
@@ -26,6 +28,7 @@ from pipeline.config import ConfigError, resolve
 from pipeline.commands.orchestrate import (CODE_ROOT, REPORT, Stage, StageFailed, child_env, data_done, display,
                                   eval_done, format_seconds, python_module, run_stages,
                                   train_done, trainer_exit_code)
+from pipeline.commands.demo_finetune import finetune_stages, print_before_after
 from pipeline.commands.run import eval_command
 
 DEFAULT_CONFIG = CODE_ROOT / "configs" / "demo.toml"
@@ -44,6 +47,9 @@ class Layout:
         self.hellaswag_dir = work_dir / "data" / "hellaswag"
         self.hellaswag = self.hellaswag_dir / "hellaswag_val.jsonl"
         self.run = work_dir / "runs" / "demo"
+        self.qa = work_dir / "data" / "demo" / "qa.jsonl"
+        self.sft_shards = work_dir / "data" / "demo" / "sft"
+        self.sft_run = work_dir / "runs" / "demo-sft"
 
 
 def find_hellaswag(layout: Layout, explicit: str | None, offline: bool) -> tuple[Path | None, str]:
@@ -138,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a HellaSwag-format file of your own (eval --hellaswag-unverified)")
     p.add_argument("--offline", action="store_true", help="do not try to download HellaSwag")
     p.add_argument("--no-samples", action="store_true", help="skip the closing samples")
+    p.add_argument("--finetune", action="store_true",
+                   help="then fine-tune the demo model on stdlib questions/answers (runs/demo-sft)")
     return p
 
 
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         hellaswag, note = find_hellaswag(layout, args.hellaswag, args.offline)
         stages = demo_stages(layout, Path(args.config), overrides, hellaswag, args.hellaswag_limit,
                              args.hellaswag_unverified)
+        if args.finetune:
+            stages += finetune_stages(layout.qa, layout.sft_shards, layout.run, layout.sft_run, Path(args.config))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return err.code
     if not args.no_samples:
         print_samples(layout)
+    if args.finetune:
+        print_before_after(layout.qa, layout.sft_shards, layout.run, layout.sft_run)
     elapsed = format_seconds(time.monotonic() - start)
     report = layout.run / REPORT
     print(f"\nDemo complete in {elapsed}: {loss_summary(layout)}")
