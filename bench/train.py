@@ -94,7 +94,7 @@ def paired(cfg, device: torch.device, run_dir: Path, warmup: int, steps: int) ->
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), PreemptionFlag() as flag:
         trainer = Trainer(cfg, run_dir, "none", env, flag, [])
-        batch = trainer.loader.next_step().tokens.to(device)
+        batch = trainer.loader.next_step().to(device)
         trainer.start()
         bare, full = [], []
         for i in range(warmup + steps):
@@ -113,7 +113,7 @@ def trainer_only_work(trainer_cfg, device: torch.device, tmp: Path) -> dict[str,
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), PreemptionFlag() as flag:
         trainer = Trainer(trainer_cfg, tmp / "pieces", "none", env, flag, [])
-        batch = trainer.loader.next_step().tokens.to(device)
+        batch = trainer.loader.next_step().to(device)
         _, loss = trainer.model(batch[0, :, :-1], batch[0, :, 1:])
         loss.backward()
         log = MetricsLog(tmp / "pieces" / "timing.jsonl", enabled=True, start_step=0, max_steps=10 ** 6)
