@@ -35,8 +35,10 @@ def chunk_rows(vocab_size: int, device: torch.device) -> int:
 
 
 def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-            vocab_size: int, rows: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, d loss/d hidden, d loss/d weight); the gradients are empty when not with_grad."""
+            vocab_size: int, rows: int, with_grad: bool,
+            softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, d loss/d hidden, d loss/d weight); the gradients are empty when not with_grad.
+    softcap > 0: the logits are softcap * tanh(logits / softcap) (model.logit_softcap)."""
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are decided by the caller
         w = weight[:vocab_size]
         valid = targets != -1
@@ -59,6 +61,11 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 torch.mm(h, w.t(), out=logits)
             else:
                 logits.copy_(h @ w.t())
+            if softcap > 0:
+                logits.div_(softcap).tanh_()
+                if with_grad:  # d capped / d raw = 1 - tanh^2, taken before logits is reused
+                    capped_grad = 1 - logits.square()
+                logits.mul_(softcap)
             safe_t = t.clamp(min=0)[:, None]
             picked = logits.gather(1, safe_t).squeeze(1)
             top = logits.amax(dim=1, keepdim=True)
@@ -70,6 +77,8 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 probs = exp.div_(total[:, None])
                 probs.scatter_add_(1, safe_t, torch.full_like(picked, -1.0)[:, None])
                 probs.mul_(scale[start:start + rows, None])
+                if softcap > 0:
+                    probs.mul_(capped_grad)
                 if fp32:
                     torch.mm(probs, w, out=grad_hidden[start:start + rows])
                     grad_w[:vocab_size].addmm_(probs.t(), h)
@@ -89,7 +98,7 @@ _chunks_op = torch.library.custom_op("gpt2_pipeline::linear_cross_entropy", _chu
 
 
 @_chunks_op.register_fake
-def _(hidden, weight, targets, vocab_size, rows, with_grad):
+def _(hidden, weight, targets, vocab_size, rows, with_grad, softcap=0.0):
     loss = hidden.new_empty((), dtype=torch.float32)
     if not with_grad:
         return loss, hidden.new_empty(0), weight.new_empty(0)
@@ -98,9 +107,9 @@ def _(hidden, weight, targets, vocab_size, rows, with_grad):
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size, rows):
+    def forward(ctx, hidden, weight, targets, vocab_size, rows, softcap):
         chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
-        loss, grad_hidden, grad_weight = chunks(hidden, weight, targets, vocab_size, rows, True)
+        loss, grad_hidden, grad_weight = chunks(hidden, weight, targets, vocab_size, rows, True, softcap)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
 
@@ -108,16 +117,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype),
-                None, None, None)
+                None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         vocab_size: int, rows: int | None = None) -> torch.Tensor:
+                         vocab_size: int, rows: int | None = None, softcap: float = 0.0) -> torch.Tensor:
     """Mean of F.cross_entropy(hidden @ weight[:vocab_size].T, targets, ignore_index=-1).
 
     hidden (..., C), targets (...) of the same leading shape, weight (V_padded, C).
     Under autocast the matmuls run in the autocast dtype (as F.linear would) and the
-    softmax in fp32.
+    softmax in fp32. softcap > 0 caps the logits first (cap * tanh(logits / cap), fp32).
     """
     hidden = hidden.reshape(-1, hidden.size(-1))
     targets = targets.reshape(-1)
@@ -128,6 +137,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if rows is None:
         rows = chunk_rows(vocab_size, hidden.device)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows, float(softcap))
     chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
-    return chunks(hidden, weight, targets, vocab_size, rows, False)[0]
+    return chunks(hidden, weight, targets, vocab_size, rows, False, float(softcap))[0]

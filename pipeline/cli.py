@@ -15,7 +15,8 @@ class UsageError(ValueError):
 
 class OneLineParser(argparse.ArgumentParser):
     def __init__(self, *args, raise_errors: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+        # No prefix matching: `--a` must not quietly mean `--allow-revision-change`.
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
         self.raise_errors = raise_errors  # the trainer records a usage error in exit.json first
 
     def error(self, message: str):

@@ -188,14 +188,10 @@ class GPT(nn.Module):
 
     def loss_from_hidden(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the output layer over hidden states (targets -1 ignored),
-        computed in chunks so the full logits never exist (pipeline/chunked_loss.py).
-        A soft-capped head (model.logit_softcap) takes the plain path through full logits."""
-        if self.config.logit_softcap > 0:
-            logits = self.output_logits(hidden).float()
-            flat = targets.reshape(-1)
-            return (F.cross_entropy(logits.view(-1, logits.size(-1)), flat, ignore_index=-1, reduction="sum")
-                    / (flat != -1).sum().clamp(min=1))
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.vocab_size)
+        computed in chunks so the full logits never exist (pipeline/chunked_loss.py), the
+        soft-cap (model.logit_softcap) applied inside each chunk."""
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.vocab_size,
+                                    softcap=self.config.logit_softcap)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_pos: int = 0, *,

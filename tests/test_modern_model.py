@@ -241,3 +241,26 @@ def test_modern_model_compiles_and_steps_with_muon(one_thread):
         results.append(losses)
     assert results[0] == pytest.approx(results[1], abs=1e-5)
     assert results[0][2] < results[0][0]
+
+
+def test_soft_capped_loss_is_chunked_and_equals_the_full_logits_loss(one_thread):
+    """The cap sits inside pipeline/chunked_loss.py (so a capped head never builds the full
+    logits): its loss and gradients equal F.cross_entropy over output_logits()."""
+    import torch.nn.functional as F
+    from pipeline.chunked_loss import linear_cross_entropy
+    m = model(arch="modern", logit_softcap=3.0, seed=6)
+    with torch.no_grad():
+        m.lm_head.weight.normal_(0, 0.5)  # logits well into tanh's curve
+    hidden = torch.randn(40, TINY["n_embd"], requires_grad=True)
+    targets = tokens(b=1, t=40)[0]
+    targets[::7] = -1
+    ours = linear_cross_entropy(hidden, m.lm_head.weight, targets, m.config.vocab_size, rows=16, softcap=3.0)
+    ours.backward()
+    got = (hidden.grad.clone(), m.lm_head.weight.grad.clone())
+    hidden.grad, m.lm_head.weight.grad = None, None
+    reference = F.cross_entropy(m.output_logits(hidden).float(), targets, ignore_index=-1)
+    reference.backward()
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], m.lm_head.weight.grad, rtol=1e-5, atol=1e-6)
+    assert m.loss_from_hidden(hidden, targets).item() == pytest.approx(reference.item(), abs=1e-5)

@@ -18,6 +18,7 @@ from _train_support import (STEPS, TINY_TOML, assert_bitwise_equal, losses, memo
                             train_here, train_rows, wait_for, weights, write_config)
 from conftest import REPO, run_torchrun, subprocess_env
 from pipeline.checkpoint import latest_checkpoint
+from pipeline.failpoints import armed
 from train import EXIT_PREEMPTED, EXIT_USER_ERROR
 from train.__main__ import main
 
@@ -68,7 +69,7 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(tmp_path, config, 
 def test_sigterm_then_resume_with_muon_is_bitwise_identical(tmp_path, config, baseline):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--config", str(config), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_TEST_STEP_SLEEP="0.5"),
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(GPT2_PIPELINE_FAILPOINTS="train.after_step=sleep(0.5)"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(train_rows(run)) >= 2, proc)
     proc.send_signal(signal.SIGTERM)
@@ -95,9 +96,9 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path, config, baseline, 
     assert "optim.name = 'muon' in the checkpoint, 'adamw' now" in capsys.readouterr().err
 
 
-def test_non_finite_step_is_skipped_and_muon_carries_on(tmp_path, config, monkeypatch):
-    monkeypatch.setenv("GPT2_PIPELINE_TEST_NAN_STEPS", "3")
-    train_here("--config", config, "--run-dir", tmp_path / "run")
+def test_non_finite_step_is_skipped_and_muon_carries_on(tmp_path, config):
+    with armed("train.nan_loss", "return@step=3"):
+        train_here("--config", config, "--run-dir", tmp_path / "run")
     got = losses(tmp_path / "run")
     assert got[3] is None and all(got[s] is not None and got[s] == got[s] for s in (4, 5, 6))
     final = weights(tmp_path / "run", STEPS)

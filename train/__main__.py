@@ -24,7 +24,7 @@ USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlEr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m train", allow_abbrev=False, raise_errors=True,
+    parser = OneLineParser(prog="python -m train", raise_errors=True,
                      description="Pretrain a GPT-2 model on token shards (one process, or torchrun for DDP).",
                      epilog="Any config key can be overridden as --section.key=value, e.g. --data.dir=DIR "
                             "--train.micro_batch_size=16 --optim.max_lr=1e-3. Exit codes: 0 finished, "
