@@ -200,7 +200,8 @@ POSITIVE_INT_FLAGS = ["--batch-size", "--val-tokens", "--seq-len", "--val-batch-
 
 @st.composite
 def eval_mistake(draw, run: Path, missing: Path):
-    base = ["--checkpoint", run, "--hellaswag", HELLASWAG_VAL, "--hellaswag-unverified", "--limit", "4", "--tasks", "hellaswag", "--no-report"]
+    base = ["--checkpoint", run, "--hellaswag", HELLASWAG_VAL, "--limit", "4", "--tasks", "hellaswag", "--no-report",
+            "--hellaswag-unverified"]  # last: the cases below slice base[:6] and base[:-2]
     kind = draw(st.sampled_from(["int type", "int range", "float type", "device", "dtype", "tasks", "missing path",
                                  "unknown", "conflict", "no value"]))
     if kind == "int type":
