@@ -40,11 +40,14 @@ POSITIVE = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size",
             "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_bad_steps",
             "train.keep_last", "eval.val_tokens"]
 NON_NEGATIVE = ["data.seed", "optim.warmup_steps", "train.keep_every", "train.seed", "eval.eval_every",
-                "eval.hellaswag_limit", "eval.sample_every", "eval.sample_tokens", "eval.num_samples"]
-POSITIVE_FLOAT = ["optim.max_lr", "optim.eps"]
-NON_NEGATIVE_FLOAT = ["optim.weight_decay", "optim.grad_clip", "train.target_loss", "train.peak_tflops"]
+                "eval.hellaswag_limit", "eval.sample_every", "eval.sample_tokens", "eval.num_samples",
+                "eval.core_max_per_task"]
+POSITIVE_FLOAT = ["optim.max_lr", "optim.eps", "optim.muon_lr", "model.rope_base", "train.dist_timeout_s"]
+NON_NEGATIVE_FLOAT = ["optim.weight_decay", "optim.grad_clip", "train.target_loss", "train.peak_tflops",
+                      "model.logit_softcap", "optim.embed_lr", "optim.head_lr", "optim.muon_weight_decay"]
 UNIT_FLOAT = {"optim.min_lr_ratio": (0.0, 1.0, True), "optim.beta1": (0.0, 1.0, False),
-              "optim.beta2": (0.0, 1.0, False)}  # [lo, hi] or [lo, hi)
+              "optim.beta2": (0.0, 1.0, False), "optim.muon_momentum": (0.0, 1.0, False),
+              "optim.cooldown_frac": (0.0, 1.0, True)}  # [lo, hi] or [lo, hi)
 CHOICES = {"train.device": {"auto", "cuda", "mps", "cpu"}, "train.dtype": {"auto", "bfloat16", "float32"},
            "optim.fused": {"auto", "true", "false"}}
 BOOL_WORDS = {"true", "1", "yes", "on", "false", "0", "no", "off"}
