@@ -23,12 +23,17 @@ setup: $(VENV)/.installed
 # Everything, as CI runs it. Tests that need the real files (HellaSwag val, tinyshakespeare)
 # run when GPT2_PIPELINE_TEST_DATA, ../shared/data or .test-data/real has them (make test-data),
 # else they skip and the session says how many; with CI=true they are required.
+# TEST_JOBS pytest processes (pytest-xdist); a file's tests stay on one process, so module
+# fixtures (the demo run, a fault sweep's runs) are built once. TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
+TEST_DIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
+
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(TEST_DIST) $(PYTEST_ARGS)
 
 # Day to day (a few minutes): no Slurm, no fault sweeps, nothing over ~20 s (the `slow` marker).
 test-quick: setup
-	$(PY) -m pytest -q -m "not slow and not system" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(TEST_DIST) -m "not slow and not system" $(PYTEST_ARGS)
 
 # Optional, needs internet: the real files into .test-data/real (gitignored), sha256-checked.
 test-data: setup

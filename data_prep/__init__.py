@@ -5,8 +5,6 @@
     python -m data_prep.hellaswag   download (or install) the verified HellaSwag val set
 """
 
-import argparse
-
 
 class DataPrepError(RuntimeError):
     """A problem the user can fix (bad input file, foreign output dir, full disk...).
@@ -14,10 +12,3 @@ class DataPrepError(RuntimeError):
     The message names the file (and row/line/byte where known) and what to do; the CLIs
     print it as one `error: ...` line and exit 2.
     """
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one `error: ...` line (exit 2) like every other user error."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

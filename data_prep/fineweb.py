@@ -21,8 +21,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from data_prep import DataPrepError, OneLineParser
-from pipeline.failpoints import fail_point
+from data_prep import DataPrepError
 from data_prep.hub import DEFAULT_DATASET, DEFAULT_NAME, DEFAULT_SPLIT, check_pinned_revision, resolve_hub_files
 from data_prep.output import open_output, output_lock
 from data_prep.progress import Progress, peak_rss_mb
@@ -31,6 +30,8 @@ from data_prep.shard_writer import ShardWriter
 from data_prep.sources import (ENCODING_POLICIES, Position, SourceFile, expand_globs, kind_of, read_ahead,
                                read_chunks)
 from data_prep.tokenize import TokenizerPool, default_workers
+from pipeline.cli import OneLineParser
+from pipeline.failpoints import fail_point
 from pipeline.shards import FORMAT, FORMAT_VERSION, ShardError
 from pipeline.tokenizer import TokenizerError, tokenizer_fingerprint
 

@@ -18,13 +18,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from data_prep import DataPrepError, OneLineParser
+from data_prep import DataPrepError
 from pipeline.atomic import fsync_dir, sha256_file
+from pipeline.cli import OneLineParser
+from pipeline.hellaswag import DEFAULT_HELLASWAG, HELLASWAG_VAL_SHA256 as SHA256
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
-FILENAME = "hellaswag_val.jsonl"
-DEFAULT_OUT = "data/hellaswag"
+FILENAME = DEFAULT_HELLASWAG.name
+DEFAULT_OUT = str(DEFAULT_HELLASWAG.parent)
 
 
 def install(out: Path, source: Path | None = None, url: str = URL, timeout: float = 60.0, log=print) -> Path:
@@ -64,6 +65,14 @@ def _copy_local(source: Path, dst) -> str:
 
 
 def _download(url: str, dst, timeout: float) -> str:
+    return download(url, dst, timeout, what="HellaSwag", offline=(
+        f"without internet access, copy {FILENAME} (sha256 {SHA256}) from a machine that has it and run: "
+        f"python -m data_prep.hellaswag --from PATH/{FILENAME}"))
+
+
+def download(url: str, dst, timeout: float, what: str, offline: str) -> str:
+    """Stream url into the open file dst; returns the sha256 of what was written. A network
+    failure is one DataPrepError: what could not be downloaded, why, and `offline` advice."""
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -72,10 +81,7 @@ def _download(url: str, dst, timeout: float) -> str:
                 dst.write(block)
     except (urllib.error.URLError, OSError) as err:  # offline, DNS, timeout, HTTP errors
         reason = getattr(err, "reason", None) or err
-        raise DataPrepError(
-            f"cannot download HellaSwag from {url} ({reason}). Without internet access, copy {FILENAME} "
-            f"(sha256 {SHA256}) from a machine that has it and run: "
-            f"python -m data_prep.hellaswag --from PATH/{FILENAME}") from None
+        raise DataPrepError(f"cannot download {what} from {url} ({reason}); {offline}") from None
     return digest.hexdigest()
 
 

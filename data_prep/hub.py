@@ -70,11 +70,7 @@ def resolve_hub_files(dataset: str, name: str | None, split: str, revision: str 
                       log: Callable[[str], None] = print) -> tuple[str, list[SourceFile]]:
     """(commit sha, parquet files in load_dataset order) for one config split of a hub dataset."""
     policy = policy or RetryPolicy()
-    try:
-        import datasets
-    except ImportError:
-        raise DataPrepError("reading from the hub needs the `datasets` package (pip install datasets), "
-                            "or pass local files with --files") from None
+    import datasets  # a dependency; imported here because it takes seconds and --files does not need it
     commit = resolve_commit(dataset, revision, policy, log)
     what = f"hub dataset {dataset!r} (config {name!r})"
 

@@ -1,15 +1,16 @@
-"""One parquet file of a hub dataset, opened as a seekable file whose every read is one HTTP
-range request, retried (data_prep/retry.py) until it returns exactly the bytes asked for.
+"""One parquet file of a hub dataset, opened as a seekable file read by HTTP range requests,
+each retried (data_prep/retry.py) until it returns exactly the bytes asked for.
 
-    with open_hub_file("hf://datasets/HuggingFaceFW/fineweb-edu@<sha>/sample/10BT/000_00000.parquet",
-                       policy, log) as f:
-        pq.ParquetFile(f, pre_buffer=False)   # footer, then one read per column chunk
+    with HubFile("hf://datasets/HuggingFaceFW/fineweb-edu@<sha>/sample/10BT/000_00000.parquet",
+                 policy, log) as f:
+        pq.ParquetFile(f, pre_buffer=False)   # footer, then the column chunks asked for
 
 Why not fsspec's `hf://` file: its reads go through the hub client's own retry loop (5 tries,
-~23 s, then an error that pyarrow reports as a corrupt file), with no way to set the timeout
-or tell a 404 from a reset, and its 8 MiB read-ahead blocks fetch every column. Here pyarrow
-asks only for the footer and the text column's chunks (about a third of FineWeb-Edu's bytes),
-each read is retried under our policy, and errors keep their HTTP status. The URL, auth
+~23 s, then an error that pyarrow reports as a corrupt file, or a transport error that escapes
+as a traceback), with no way to set the timeout or tell a 404 from a reset. Here pyarrow
+asks for the footer and the text column's chunks; each request fetches at least
+MIN_REQUEST bytes from there (so a small row group costs no extra round trip), is retried
+under our policy, and its errors keep their HTTP status. The URL, auth
 headers and HTTP client are huggingface_hub's (`hf_hub_url`, `build_hf_headers`,
 `get_session`), so HF_ENDPOINT, HF_TOKEN and proxies work as for every other hub call.
 """
@@ -24,6 +25,10 @@ from urllib.parse import unquote
 from data_prep import DataPrepError
 from data_prep.retry import RetryPolicy, TruncatedRead, with_retries
 
+# Each request asks for at least this much (what fsspec's hf:// read-ahead used): per-request
+# latency, not bandwidth, bounds a hub stream, and a FineWeb-Edu row group's text chunk is
+# only a few MB. Set to 0 to fetch exactly the text column (bench/hub_read.py compares both).
+MIN_REQUEST = 8 << 20
 _HF_URL_RE = re.compile(r"^hf://datasets/([^@]+)@([^/]+)/(.+)$")
 
 
@@ -39,7 +44,8 @@ def parse_hf_url(url: str) -> tuple[str, str, str]:
 class HubFile(io.RawIOBase):
     """Read-only, seekable; size from a HEAD request, bytes from ranged GETs."""
 
-    def __init__(self, url: str, policy: RetryPolicy, log: Callable[[str], None]):
+    def __init__(self, url: str, policy: RetryPolicy, log: Callable[[str], None],
+                 min_request: int | None = None):
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         from huggingface_hub.utils import build_hf_headers
 
@@ -55,6 +61,8 @@ class HubFile(io.RawIOBase):
             raise DataPrepError(f"{url}: the hub did not say how large the file is (no Content-Length)")
         self.size = meta.size
         self.pos = 0
+        self.min_request = MIN_REQUEST if min_request is None else min_request
+        self.block, self.block_start = b"", 0  # the last response: small reads after it come from memory
 
     def readable(self) -> bool:
         return True
@@ -74,8 +82,12 @@ class HubFile(io.RawIOBase):
         end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
         if end <= self.pos:
             return b""
-        data = with_retries(lambda: self._get(self.pos, end), f"{self.name}: bytes {self.pos}-{end - 1}",
-                            self.policy, self.log)
+        if not (self.block_start <= self.pos and end <= self.block_start + len(self.block)):
+            start, stop = self.pos, min(self.size, max(end, self.pos + self.min_request))
+            self.block = with_retries(lambda: self._get(start, stop), f"{self.name}: bytes {start}-{stop - 1}",
+                                      self.policy, self.log)
+            self.block_start = start
+        data = self.block[self.pos - self.block_start:end - self.block_start]
         self.pos = end
         return data
 

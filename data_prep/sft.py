@@ -30,12 +30,13 @@ from typing import Iterator
 
 import numpy as np
 
-from data_prep import DataPrepError, OneLineParser
+from data_prep import DataPrepError
 from data_prep.fineweb import _count
 from data_prep.output import open_output, output_lock
 from data_prep.shard_writer import ShardWriter
 from data_prep.sources import ENCODING_POLICIES, Position, expand_globs, read_jsonl_fields
 from data_prep.tokenize import _encode_ordinary
+from pipeline.cli import OneLineParser
 from pipeline.shards import FORMAT, FORMAT_VERSION, ShardError
 from pipeline.tokenizer import EOT, TokenizerError, get_tokenizer, tokenizer_fingerprint
 

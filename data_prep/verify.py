@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import OneLineParser
 from data_prep.output import TEMP_FILE_RE
 from data_prep.shard_writer import npy_header
 from pipeline.atomic import sha256_file
+from pipeline.cli import OneLineParser
 from pipeline.shards import (MANIFEST, SHARD_RE, ShardError, ShardInfo, mask_filename, open_mask, open_shard,
                              read_manifest, shard_filename)
 from pipeline.tokenizer import EOT, VOCAB_SIZE, tokenizer_fingerprint

@@ -20,13 +20,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from eval import EvalError, OneLineParser
+from eval import EvalError
 from eval.evaluate import (Runtime, Target, checkpoint_target, evaluate_target, hf_target,
-                           run_config, setup_runtime, teardown)
+                           setup_runtime, teardown)
 from eval.tasks import Tasks, build_tasks
 from eval.watch import WatchOptions, watch
 from pipeline.atomic import JsonlError
-from pipeline.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
+from pipeline.checkpoint import CheckpointError, config_of, list_checkpoints, read_state, resolve_checkpoint
+from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, load_toml
 from pipeline.hellaswag import HellaSwagError
 from pipeline.loggers import Loggers, check_loggers, require_packages
@@ -123,7 +124,7 @@ def evaluate_once(args: argparse.Namespace, rt: Runtime) -> int:
             found = [path if path.name.endswith(".tmp") else resolve_checkpoint(path)]
         targets = [checkpoint_target(p) for p in found]
         out = run_dir_of(Path(targets[-1].name))
-        config = run_config(_state(Path(targets[-1].name)), Path(targets[-1].name))
+        config = config_of(read_state(targets[-1].name), targets[-1].name)
     tasks = make_tasks(args, config)
     rt.log(f"tasks: {tasks.describe()}")
     wrote = False
@@ -132,11 +133,6 @@ def evaluate_once(args: argparse.Namespace, rt: Runtime) -> int:
     if wrote or not (out / "eval" / "report.md").exists():
         write_report(rt, out, args)
     return 0
-
-
-def _state(checkpoint: Path) -> dict:
-    import json
-    return json.loads((checkpoint / "train_state.json").read_text())
 
 
 def output_dir(args: argparse.Namespace) -> Path:

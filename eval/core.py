@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import yaml
 
 from eval import EvalError
@@ -76,7 +75,7 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def load_bundle(directory: str | Path, max_per_task: int = 0, only: list[str] | None = None) -> CoreBundle:
+def load_bundle(directory: str | Path, max_per_task: int = 0) -> CoreBundle:
     """Read and check the bundle; each task's rows shuffled and cut as the published code does."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -107,8 +106,6 @@ def load_bundle(directory: str | Path, max_per_task: int = 0, only: list[str] | 
             shots = int(shots[0] if isinstance(shots, list) else shots)
         except (KeyError, TypeError, ValueError, IndexError):
             raise EvalError(f"{where}: needs label, dataset_uri, icl_task_type and num_fewshot") from None
-        if only and label not in only:
-            continue
         if kind not in TASK_TYPES:
             raise EvalError(f"{where}: icl_task_type {kind!r} is not one of {', '.join(TASK_TYPES)}")
         if label not in baselines:
@@ -226,7 +223,5 @@ def evaluate_core(model: torch.nn.Module, bundle: CoreBundle, device: torch.devi
                                    type=task.kind)
         if log is not None:
             log(f"CORE {task.label} ({task.num_fewshot}-shot {task.kind}): acc {acc:.4f} centered {centered:.4f}")
-    if world_size > 1:
-        dist.barrier()
     core = sum(r["centered"] for r in results.values()) / len(results)
     return {"core": core, "tasks": results}

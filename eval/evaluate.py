@@ -8,8 +8,6 @@ is the only one that writes results.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,10 +21,10 @@ from eval import EvalError
 from eval.core import evaluate_core
 from eval.results import append_result, checkpoint_sha256, done_keys, state_dict_sha256
 from eval.tasks import Tasks
-from pipeline.checkpoint import CheckpointError, load_model, read_marker, step_of
-from pipeline.config import Config, ConfigError, from_dict
-from pipeline.distributed import pick_device
+from pipeline.checkpoint import CheckpointError, load_model, read_marker, read_state, step_of
+from pipeline.distributed import autocast_dtype, init_distributed
 from pipeline.hellaswag import evaluate_hellaswag
+from pipeline.hf import load_hf_gpt2
 from pipeline.model import GPT
 from pipeline.val_loss import compute_val_loss
 
@@ -67,20 +65,9 @@ class Runtime:
 
 
 def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    dev = pick_device(device, key="--device")
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, "?")
-    if autocast == "?":
-        raise EvalError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
-    return Runtime(dev, autocast, rank, world_size)
+    """The trainer's process-group setup (pipeline/distributed.py, its restart fix included)."""
+    env = init_distributed(device, key="--device")
+    return Runtime(env.device, autocast_dtype(dtype, env.device, key="--dtype"), env.rank, env.world_size)
 
 
 def teardown(rt: Runtime) -> None:
@@ -98,13 +85,6 @@ class Target:
     load: Callable[[torch.device], GPT]
 
 
-def run_config(state: dict, where: Path) -> Config:
-    try:
-        return from_dict(state.get("config") or {})
-    except ConfigError as err:
-        raise CheckpointError(f"{where}: config recorded in train_state.json is not usable ({err})") from None
-
-
 def checkpoint_target(path: Path) -> Target:
     """Read a checkpoint's marker and train_state.json; the weights load later, on demand."""
     if path.name.endswith(".tmp"):
@@ -112,10 +92,7 @@ def checkpoint_target(path: Path) -> Target:
                               "only complete step_NNNNNN directories are evaluated")
     read_marker(path)  # raises for an incomplete checkpoint
     sha = checkpoint_sha256(path)
-    try:
-        state = json.loads((path / "train_state.json").read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path / 'train_state.json'}: unreadable ({err})") from None
+    state = read_state(path)
     step = int(state.get("step", step_of(path)))
 
     def load(device: torch.device) -> GPT:
@@ -125,10 +102,6 @@ def checkpoint_target(path: Path) -> Target:
 
 
 def hf_target(name: str) -> Target:
-    try:
-        from pipeline.hf import load_hf_gpt2
-    except ImportError as err:
-        raise EvalError(f"--hf needs pipeline/hf.py ({err})") from None
     try:
         model = load_hf_gpt2(name)
     except (OSError, ValueError) as err:  # a missing directory / unknown name / foreign weights
@@ -162,19 +135,24 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
                 checkpoint_sha256=target.sha256, device=rt.device.type, world_size=rt.world_size,
                 dtype=str(rt.autocast_dtype or torch.float32).removeprefix("torch."))
     rows = []
+
+    def record(kind: str, value, n, data: Path, data_sha256: str) -> None:
+        """Rows of `kind`'s pending metrics (value(metric), n(metric)), appended as soon as known."""
+        new = [dict(base, metric=m, value=value(m), n=n(m), data=str(data), data_sha256=data_sha256)
+               for m in todo[kind]]
+        rows.extend(new)
+        _write(rt, out_dir, new)
+
     if "hellaswag" in todo:
         hs = tasks.hellaswag
         t0 = time.time()
         with rt.progress(len(hs.examples), "HellaSwag") as bar:
             result = evaluate_hellaswag(model, hs.examples, rt.device, rt.autocast_dtype, hs.batch_size,
                                         rt.rank, rt.world_size, bar)
-        for metric in todo["hellaswag"]:
-            value = result[metric.removeprefix("hellaswag_")]
-            rows.append(dict(base, metric=metric, value=value, n=result["n"], data=str(hs.path),
-                             data_sha256=hs.sha256))
         rt.log(f"{label}: HellaSwag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
                f"(n={result['n']}, {result['n'] / (time.time() - t0):.1f} examples/s)")
-        _write(rt, out_dir, rows[-len(todo["hellaswag"]):])
+        record("hellaswag", lambda m: result[m.removeprefix("hellaswag_")], lambda m: result["n"], hs.path,
+               hs.sha256)
     if "val" in todo:
         val = tasks.val
         if val.seq_len > model.config.block_size:
@@ -185,13 +163,10 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
         with rt.progress(len(range(rt.rank, n_seq, rt.world_size)), "val loss") as bar:
             val_result = compute_val_loss(model, val.tokens, val.seq_len, val.batch_size, rt.device,
                                           rt.autocast_dtype, rt.rank, rt.world_size, progress=bar, mask=val.mask)
-        for metric in todo["val"]:
-            value = val_result.loss if metric == "val_loss" else val_result.bpb
-            rows.append(dict(base, metric=metric, value=value, n=val_result.tokens, data=str(val.directory),
-                             data_sha256=val.sha256))
         rt.log(f"{label}: val loss {val_result.loss:.4f}, {val_result.bpb:.4f} bits/byte ({val_result.tokens:,} "
                f"tokens, {val_result.tokens / (time.time() - t0):,.0f} tokens/s)")
-        _write(rt, out_dir, rows[-len(todo["val"]):])
+        record("val", lambda m: val_result.loss if m == "val_loss" else val_result.bpb,
+               lambda m: val_result.tokens, val.directory, val.sha256)
     if "core" in todo:
         bundle = tasks.core
         t0 = time.time()
@@ -202,13 +177,11 @@ def evaluate_target(target: Target, tasks: Tasks, rt: Runtime, out_dir: Path, fo
         values = {"core": result["core"]}
         for name, r in result["tasks"].items():
             values[f"core_acc/{name}"], values[f"core_centered/{name}"] = r["acc"], r["centered"]
-        new = [dict(base, metric=metric, value=values[metric], n=items if metric == "core" else
-                    result["tasks"][metric.split("/", 1)[1]]["n"], data=str(bundle.directory),
-                    data_sha256=bundle.sha256) for metric in todo["core"]]
-        rows += new
         rt.log(f"{label}: CORE {result['core']:.4f} over {len(result['tasks'])} tasks "
                f"({items / (time.time() - t0):.1f} items/s)")
-        _write(rt, out_dir, new)
+        record("core", values.__getitem__,
+               lambda m: items if m == "core" else result["tasks"][m.split("/", 1)[1]]["n"],
+               bundle.directory, bundle.sha256)
     return rows
 
 

@@ -1,14 +1,17 @@
-"""The report's PNG plots (matplotlib, headless): losses and HellaSwag against tokens seen.
+"""The report's PNG plots (matplotlib, headless): losses, bits-per-byte, HellaSwag and CORE
+against tokens seen.
 
 Each plot function draws one or more runs (compare mode overlays them, one colour per
 run), adds dashed reference lines for published baselines, and returns {label: number
 of points} of the series it drew, so tests can check what a picture contains without
-reading pixels (a horizontal line counts as one point).
+reading pixels (a horizontal line counts as one point). A plot with no data point of its
+own (reference lines only) is not drawn at all: it returns {} and the report says so.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on compute nodes without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import Formatter, MaxNLocator  # noqa: E402
 
 from eval.rundata import RunData  # noqa: E402
 from pipeline.atomic import atomic_write_bytes  # noqa: E402
@@ -31,11 +34,30 @@ REFERENCE_STYLES = [dict(color="0.35", linestyle="--"), dict(color="0.55", lines
                     dict(color="0.7", linestyle=":")]
 
 
-def format_tokens(value: float, _pos: int | None = None) -> str:
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.0f}"
+def format_tokens(value: float, spacing: float = 0.0, top: float | None = None) -> str:
+    """1.23M-style token counts. With the tick `spacing` (and the axis' largest |value|
+    `top`, so every tick shares one suffix) it keeps just enough decimals for neighbouring
+    ticks to read differently: 1.0005M next to 1.001M, never 1M next to 1M."""
+    top = abs(value) if top is None else top
+    scale, suffix = next(((s, x) for s, x in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if top >= s), (1.0, ""))
+    if spacing <= 0:
+        return f"{value / scale:.3g}{suffix}" if scale > 1 else f"{value:.0f}"
+    step = spacing / scale
+    decimals = max(0, math.ceil(-math.log10(step) - 1e-9))
+    while decimals < 6 and abs(round(step, decimals) - step) > 1e-9 * step:  # 2.5-steps need one more
+        decimals += 1
+    return f"{value / scale:.{decimals}f}{suffix}"
+
+
+class TokenTicks(Formatter):
+    def format_ticks(self, values) -> list[str]:
+        locs = sorted(values)
+        spacing = min((b - a for a, b in zip(locs, locs[1:])), default=0.0)
+        top = max((abs(v) for v in locs), default=0.0)
+        return [format_tokens(v, spacing, top) for v in values]
+
+    def __call__(self, value: float, pos: int | None = None) -> str:  # e.g. the cursor readout
+        return format_tokens(value)
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -55,7 +77,8 @@ def _new_axes(title: str, ylabel: str):
     ax.set_title(title)
     ax.set_xlabel("tokens seen in training")
     ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_formatter(FuncFormatter(format_tokens))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens are whole: no 0.2-token ticks
+    ax.xaxis.set_major_formatter(TokenTicks())
     ax.grid(True, alpha=0.3)
     return fig, ax
 
@@ -74,6 +97,17 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _finish(fig, ax, path: Path, labels: dict[str, int], references) -> dict[str, int]:
+    """Add the reference lines and save; nothing is written when no series has a point."""
+    if not labels:
+        plt.close(fig)
+        return {}
+    labels.update(_references(ax, references))
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    _save(fig, path)
+    return labels
 
 
 def _label(run: RunData, series: str, many: bool) -> str:
@@ -108,16 +142,13 @@ def plot_loss(runs: list[RunData], path: Path) -> dict[str, int]:
             ax.axhline(value, color=color, linewidth=1.5, linestyle=(0, (6, 2, 1, 2)), label=label)
             labels[label] = 1
             seen.append(value)
-    labels.update(_references(ax, VAL_LOSS_REFERENCES))
     if seen or trains:
         low = min(seen + trains + [VAL_LOSS_REFERENCES[0][0]])
         # Hide the first steps' ~11 nats of train loss once training has gone far below
         # them; every val point stays in view.
         top = max(([min(max(trains), 2 * low)] if trains else []) + seen)
         ax.set_ylim(low * 0.97, top * 1.02)
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    _save(fig, path)
-    return labels
+    return _finish(fig, ax, path, labels, VAL_LOSS_REFERENCES)
 
 
 def plot_hellaswag(runs: list[RunData], path: Path) -> dict[str, int]:
@@ -140,8 +171,40 @@ def plot_hellaswag(runs: list[RunData], path: Path) -> dict[str, int]:
             ax.axhline(value, color=color, linewidth=1.5, linestyle=(0, (6, 2, 1, 2)), label=label)
             labels[label] = 1
             seen.append(value)
-    labels.update(_references(ax, HELLASWAG_REFERENCES))
     ax.set_ylim(min(seen) - 0.03, max(seen) + 0.03)
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    _save(fig, path)
-    return labels
+    return _finish(fig, ax, path, labels, HELLASWAG_REFERENCES)
+
+
+def plot_bpb(runs: list[RunData], path: Path) -> dict[str, int]:
+    """Validation bits per byte (in-loop line, eval markers): the loss normalised by the
+    bytes of text, comparable across tokenizers."""
+    fig, ax = _new_axes("Validation bits per byte", "bits per UTF-8 byte")
+    many, labels = len(runs) > 1, {}
+    for i, run in enumerate(runs):
+        for source, series, style in (("in-loop", run.bpb_inloop, dict(linestyle="--", marker=None)),
+                                      ("eval", run.bpb_eval, dict(linestyle="none", marker="o"))):
+            if series:
+                x, y = np.array(series).T
+                label = _label(run, f"val bpb ({source})", many)
+                ax.plot(x, y, color=f"C{i}", linewidth=1.6, markersize=5, label=label, **style)
+                labels[label] = len(y)
+    return _finish(fig, ax, path, labels, ())
+
+
+def plot_core(runs: list[RunData], path: Path) -> dict[str, int]:
+    """CORE (mean centered accuracy, thick) and each task's centered accuracy (thin)."""
+    fig, ax = _new_axes("CORE and per-task centered accuracy", "centered accuracy")
+    many, labels = len(runs) > 1, {}
+    for i, run in enumerate(runs):
+        tasks = sorted(k for k in run.core_eval if k != "core")
+        for j, name in enumerate(["core"] + tasks):
+            if name not in run.core_eval:
+                continue
+            x, y = np.array(sorted(run.core_eval[name])).T
+            label = _label(run, "CORE" if name == "core" else name, many)
+            style = (dict(color=f"C{i}", linewidth=2.6, marker="o") if name == "core" else
+                     dict(color=f"C{(i + j) % 10}", linewidth=0.9, alpha=0.6, marker="."))
+            ax.plot(x, y, label=label, **style)
+            labels[label] = len(y)
+    ax.axhline(0.0, color="0.6", linestyle=":", linewidth=1.0)
+    return _finish(fig, ax, path, labels, ())

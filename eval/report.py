@@ -14,12 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from eval import OneLineParser
-from eval.plots import HELLASWAG_REFERENCES, VAL_LOSS_REFERENCES, format_tokens, plot_hellaswag, plot_loss
+from eval.plots import (HELLASWAG_REFERENCES, VAL_LOSS_REFERENCES, format_tokens, plot_bpb, plot_core,
+                        plot_hellaswag, plot_loss)
 from eval.rundata import RunData, load_run
 from pipeline.atomic import atomic_write_text
+from pipeline.cli import OneLineParser
 
-PLOTS = (("loss", "Loss vs tokens", plot_loss), ("hellaswag", "HellaSwag acc_norm vs tokens", plot_hellaswag))
+PLOTS = (("loss", "Loss vs tokens", plot_loss), ("hellaswag", "HellaSwag acc_norm vs tokens", plot_hellaswag),
+         ("bpb", "Validation bits per byte vs tokens", plot_bpb), ("core", "CORE vs tokens", plot_core))
+# Drawn only once a run has a point for them (older runs have neither).
+OPTIONAL = {"bpb": lambda run: run.bpb_inloop or run.bpb_eval, "core": lambda run: run.core_eval}
 SAMPLE_STEPS = 3  # the latest steps whose generated samples are shown
 
 
@@ -32,17 +36,19 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _table(run: RunData) -> tuple[list[str], list[list[str]]]:
-    head = ["step", "tokens", "val loss", "HellaSwag acc", "acc_norm", "n", "checkpoint", "sha256"]
+    head = ["step", "tokens", "val loss", "val bpb", "HellaSwag acc", "acc_norm", "n", "CORE", "checkpoint", "sha256"]
     body = []
     for row in run.table():
         tokens = format_tokens(row["tokens"]) if row.get("tokens") is not None else "—"
-        body.append([str(row["step"]), tokens, _fmt(row.get("val_loss")), _fmt(row.get("hellaswag_acc")),
-                     _fmt(row.get("hellaswag_acc_norm")), _fmt(row.get("n")),
-                     "on disk" if row["on_disk"] else "pruned", (row.get("sha256") or "—")[:12]])
+        body.append([str(row["step"]), tokens, _fmt(row.get("val_loss")), _fmt(row.get("val_bpb")),
+                     _fmt(row.get("hellaswag_acc")), _fmt(row.get("hellaswag_acc_norm")), _fmt(row.get("n")),
+                     _fmt(row.get("core")), "on disk" if row["on_disk"] else "pruned", (row.get("sha256") or "—")[:12]])
     for name, value in run.untimed("val_loss"):
-        body.append([name, "—", _fmt(value), "", "", "", "", ""])
+        body.append([name, "—", _fmt(value), "", "", "", "", "", "", ""])
     for name, value in run.untimed("hellaswag_acc_norm"):
-        body.append([name, "—", "", "", _fmt(value), "", "", ""])
+        body.append([name, "—", "", "", "", _fmt(value), "", "", "", ""])
+    for name, value in run.untimed("core"):
+        body.append([name, "—", "", "", "", "", "", _fmt(value), "", ""])
     return head, body
 
 
@@ -58,11 +64,12 @@ def _summary(run: RunData) -> list[str]:
         tokens, loss = run.train[-1]
         lines.append(f"last train loss {loss:.4f} at {format_tokens(tokens)} tokens")
     table = run.table()
-    evaluated = [r for r in table if "val_loss" in r or "hellaswag_acc_norm" in r]
+    evaluated = [r for r in table if "val_loss" in r or "hellaswag_acc_norm" in r or "core" in r]
     if evaluated:
         r = evaluated[-1]
-        lines.append(f"latest evaluated checkpoint: step {r['step']}: val loss {_fmt(r.get('val_loss'))}, "
-                     f"HellaSwag acc_norm {_fmt(r.get('hellaswag_acc_norm'))} (n={_fmt(r.get('n'))})")
+        lines.append(f"latest evaluated checkpoint: step {r['step']}: val loss {_fmt(r.get('val_loss'))} "
+                     f"({_fmt(r.get('val_bpb'))} bits/byte), HellaSwag acc_norm {_fmt(r.get('hellaswag_acc_norm'))} "
+                     f"(n={_fmt(r.get('n'))})" + (f", CORE {_fmt(r['core'])}" if "core" in r else ""))
     if run.unreadable_lines:
         lines.append(f"{run.unreadable_lines} unreadable line(s) in metrics.jsonl/results.jsonl were skipped")
     return lines
@@ -80,10 +87,17 @@ def _references() -> list[str]:
     return [label for _, label in VAL_LOSS_REFERENCES + HELLASWAG_REFERENCES[:2]]
 
 
+def _no_data(title: str) -> str:
+    return f"No {title.split(' vs ')[0]} results yet: the plot appears with the first evaluated point."
+
+
 def render_markdown(runs: list[RunData], plots: dict[str, Path], when: str) -> str:
     out = [f"# Evaluation report: {', '.join(r.name for r in runs)}", "", f"Generated {when}.", ""]
     for name, title, _ in PLOTS:
-        out += [f"## {title}", "", f"![{title}](plots/{plots[name].name})", ""]
+        if name in plots:
+            out += [f"## {title}", "", f"![{title}](plots/{plots[name].name})", ""]
+        elif name not in OPTIONAL:
+            out += [f"## {title}", "", _no_data(title), ""]
     out += ["Dashed reference lines: " + "; ".join(_references()) + ".", ""]
     for run in runs:
         out += [f"## Run {run.name}", ""] + [f"- {line}" for line in _summary(run)] + [""]
@@ -107,6 +121,10 @@ def render_html(runs: list[RunData], plots: dict[str, Path], when: str) -> str:
            "white-space:pre-wrap}</style></head><body>",
            f"<h1>Evaluation report: {e(', '.join(r.name for r in runs))}</h1><p>Generated {e(when)}.</p>"]
     for name, title, _ in PLOTS:
+        if name not in plots:
+            if name not in OPTIONAL:
+                out.append(f"<h2>{e(title)}</h2><p>{e(_no_data(title))}</p>")
+            continue
         data = base64.b64encode(plots[name].read_bytes()).decode()
         out.append(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
     out.append(f"<p>Dashed reference lines: {e('; '.join(_references()))}.</p>")
@@ -128,9 +146,11 @@ def write_report(run_dir: str | Path, compare: list[str | Path] = ()) -> list[Pa
     runs = [load_run(run_dir)] + [load_run(p) for p in compare]
     out = run_dir / "eval"
     suffix = "_compare" if compare else ""
-    plots = {name: out / "plots" / f"{name}{suffix}.png" for name, _, _ in PLOTS}
+    plots = {name: out / "plots" / f"{name}{suffix}.png" for name, _, _ in PLOTS
+             if name not in OPTIONAL or any(OPTIONAL[name](run) for run in runs)}
     for name, _, draw in PLOTS:
-        draw(runs, plots[name])
+        if name in plots and not draw(runs, plots[name]):
+            plots.pop(name).unlink(missing_ok=True)  # and no stale picture from an earlier report
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     md, page = out / f"report{suffix}.md", out / f"report{suffix}.html"
     atomic_write_text(md, render_markdown(runs, plots, when))

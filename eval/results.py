@@ -22,8 +22,6 @@ from pipeline.checkpoint import CheckpointError, read_marker
 
 EVAL_DIR = "eval"
 RESULTS = "results.jsonl"
-HELLASWAG_METRICS = ("hellaswag_acc", "hellaswag_acc_norm")
-VAL_METRICS = ("val_loss",)
 
 Key = tuple[str, str, str]  # (checkpoint_sha256, data_sha256, metric)
 

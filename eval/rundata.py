@@ -8,11 +8,11 @@ cannot be parsed is counted and shown, never fatal.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.results import latest_by_metric, results_path
+from pipeline.atomic import read_jsonl
 from pipeline.checkpoint import list_checkpoints, step_of
 from pipeline.config import Config, ConfigError, load_toml
 
@@ -27,6 +27,9 @@ class RunData:
     val_eval: list[tuple[float, float]] = field(default_factory=list)
     hellaswag_inloop: list[tuple[float, float, int]] = field(default_factory=list)  # (tokens, acc_norm, n)
     hellaswag_eval: list[tuple[float, float, int]] = field(default_factory=list)
+    bpb_inloop: list[tuple[float, float]] = field(default_factory=list)  # (tokens, val bits per byte)
+    bpb_eval: list[tuple[float, float]] = field(default_factory=list)
+    core_eval: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "core" / task -> (tokens, centered)
     samples: list[tuple[int, str]] = field(default_factory=list)  # (step, text)
     results: list[dict] = field(default_factory=list)  # newest result per (step, metric)
     on_disk: dict[int, Path] = field(default_factory=dict)  # complete checkpoints by step
@@ -57,22 +60,9 @@ class RunData:
 
 def _jsonl(path: Path) -> tuple[list[dict], int]:
     """Rows of a JSON-lines file and the number of lines that were not valid JSON objects."""
-    if not path.is_file():
-        return [], 0
-    rows, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    return rows, bad
+    damaged: list[int] = []
+    rows = read_jsonl(path, damaged)
+    return rows, len(damaged)
 
 
 def _number(value) -> bool:
@@ -106,6 +96,8 @@ def load_run(run_dir: str | Path) -> RunData:
             data.train.append((x, row["loss"]))
         elif kind == "val" and _number(row.get("loss")):
             data.val_inloop.append((x, row["loss"]))
+            if _number(row.get("bpb")):
+                data.bpb_inloop.append((x, row["bpb"]))
         elif kind == "hellaswag" and _number(row.get("acc_norm")):
             data.hellaswag_inloop.append((x, row["acc_norm"], int(row.get("n", 0))))
 
@@ -123,6 +115,10 @@ def load_run(run_dir: str | Path) -> RunData:
             data.val_eval.append((x, r["value"]))
         elif r["metric"] == "hellaswag_acc_norm":
             data.hellaswag_eval.append((x, r["value"], r["n"]))
+        elif r["metric"] == "val_bpb":
+            data.bpb_eval.append((x, r["value"]))
+        elif r["metric"] == "core" or r["metric"].startswith("core_centered/"):
+            data.core_eval.setdefault(r["metric"].removeprefix("core_centered/"), []).append((x, r["value"]))
     data.on_disk = {step_of(p): p for p in list_checkpoints(run_dir)}
     data.unreadable_lines = bad_metrics + bad_results
     return data

@@ -18,11 +18,10 @@ import numpy as np
 from eval import EvalError
 from eval.core import CoreBundle, load_bundle
 from pipeline.config import Config
-from pipeline.hellaswag import Example, hellaswag_sha256, load_hellaswag, verify_hellaswag
+from pipeline.hellaswag import DEFAULT_HELLASWAG, Example, hellaswag_sha256, load_hellaswag, verify_hellaswag
 from pipeline.shards import load_shard_set
 from pipeline.val_loss import val_mask_stream, val_token_stream
 
-DEFAULT_HELLASWAG = Path("data/hellaswag/hellaswag_val.jsonl")  # where data_prep.hellaswag installs it
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import signal
 import sys
@@ -28,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from eval import EvalError
-from eval.evaluate import Runtime, Target, checkpoint_target, evaluate_target, run_config
+from eval.evaluate import Runtime, Target, checkpoint_target, evaluate_target
 from eval.tasks import Tasks
-from pipeline.checkpoint import CheckpointError, list_checkpoints
+from pipeline.checkpoint import CheckpointError, config_of, list_checkpoints, read_exit, read_state
 from pipeline.config import Config
 from pipeline.hellaswag import HellaSwagError
 
@@ -161,21 +160,17 @@ def _evaluate_one(target: Target, tasks: Tasks, rt: Runtime, run_dir: Path, opts
 
 def _config_of(checkpoint: Path) -> Config | None:
     try:
-        state = json.loads((checkpoint / "train_state.json").read_text())
-    except (OSError, ValueError):
+        return config_of(read_state(checkpoint), checkpoint)
+    except CheckpointError:
         return None
-    return run_config(state, checkpoint)
 
 
 def _final_step(run_dir: Path, max_steps: int | None) -> tuple[int, str] | None:
     """The step after which no checkpoint will come: train.max_steps, or earlier if the
     trainer's exit.json reports a finished run (exit code 0, e.g. train.target_loss reached)."""
     final = (max_steps, "train.max_steps") if max_steps is not None else None
-    try:
-        info = json.loads((run_dir / "exit.json").read_text())
-    except (OSError, ValueError):
-        return final
-    if isinstance(info, dict) and info.get("code") == 0 and isinstance(info.get("step"), int):
+    info = read_exit(run_dir) or {}
+    if info.get("code") == 0 and isinstance(info.get("step"), int):
         if final is None or info["step"] < final[0]:
             final = (info["step"], f"exit.json: {info.get('reason', 'finished')}")
     return final

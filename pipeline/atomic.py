@@ -106,22 +106,30 @@ class JsonlError(ValueError):
     """A JSON-lines file with a damaged line before its last one (names the file and line)."""
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file written by append_line; a torn final line (crash) is ignored."""
+def read_jsonl(path: str | Path, damaged: list[int] | None = None) -> list[dict]:
+    """The JSON objects of a file written by append_line (the one JSONL reader; missing = []).
+
+    Torn-line policy: a torn final line (a crash mid-append) is dropped silently; any other
+    line that is not a JSON object raises JsonlError naming path:line, or, when `damaged` is
+    given (a report that draws what it can), is skipped and its line number appended there."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         return []
     rows = []
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise JsonlError(f"{path}:{i + 1}: not valid JSON: {line[:80]!r} (fix or delete that line)") from None
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif damaged is not None:
+            damaged.append(i + 1)
+        elif i < len(lines) - 1 or row is not None:
+            raise JsonlError(f"{path}:{i + 1}: not a JSON object: {line[:80]!r} (fix or delete that line)")
     return rows
 
 

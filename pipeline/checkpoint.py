@@ -24,13 +24,14 @@ from typing import Any
 import torch
 
 from pipeline.atomic import atomic_write_json, fsync_dir, sha256_file
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import Config, ConfigError, from_dict
 from pipeline.failpoints import fail_point
 from pipeline.model import GPT
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 STATE = "train_state.json"
+EXIT = "exit.json"  # in the run directory: how the trainer's latest launch ended
 STEP_RE = re.compile(r"^step_(\d{6,})$")
 
 
@@ -132,6 +133,20 @@ def read_marker(path: Path) -> dict:
         raise CheckpointError(f"{marker}: corrupt completion marker ({err})") from None
 
 
+def read_state(path: str | Path) -> dict:
+    """A checkpoint's train_state.json (the one reader)."""
+    file = Path(path) / STATE
+    try:
+        state = json.loads(file.read_text())
+    except OSError as err:
+        raise CheckpointError(f"{file}: unreadable ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: corrupt ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: corrupt (not a JSON object)")
+    return state
+
+
 def load_checkpoint(path: str | Path, names: tuple[str, ...] = ("model", "optimizer"),
                     map_location: str | torch.device = "cpu", verify: bool = True) -> tuple[dict, dict]:
     """Return ({name: loaded object}, train_state) after checking every file's sha256."""
@@ -144,10 +159,7 @@ def load_checkpoint(path: str | Path, names: tuple[str, ...] = ("model", "optimi
             raise CheckpointError(f"{file}: missing from checkpoint")
         if verify and name in hashes and sha256_file(file) != hashes[name]:
             raise CheckpointError(f"{file}: sha256 does not match the checkpoint's {COMPLETE} record (corrupt file)")
-    try:
-        state = json.loads((path / STATE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path / STATE}: corrupt ({err})") from None
+    state = read_state(path)
     loaded = {}
     for name in names:
         try:
@@ -183,6 +195,16 @@ def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     return doomed
 
 
+def read_exit(run_dir: str | Path) -> dict | None:
+    """The trainer's record of how its latest launch ended ({code, reason, step, time}, written
+    by train/rundir.py), or None when it is missing or unreadable (the one reader)."""
+    try:
+        info = json.loads((Path(run_dir) / EXIT).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def strip_wrapper_prefixes(state_dict: dict) -> dict:
     """Accept weights saved from a DDP- or torch.compile-wrapped model too (in either order)."""
     out = {}
@@ -193,19 +215,24 @@ def strip_wrapper_prefixes(state_dict: dict) -> dict:
     return out
 
 
+def config_of(state: dict, path: str | Path) -> Config:
+    """The run's config recorded in a checkpoint's train_state.json (the one place that rebuilds it)."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{Path(path) / STATE}: has no config.model; cannot rebuild the model")
+    try:
+        return from_dict(config)
+    except ConfigError as err:
+        raise CheckpointError(f"{Path(path) / STATE}: config recorded in train_state.json is not usable ({err})") from None
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the GPT stored in a checkpoint dir from its recorded config; returns (model, state).
 
     The one place that turns a checkpoint into a model (eval, generate, demo use it)."""
     path = Path(path)
     loaded, state = load_checkpoint(path, names=("model",), map_location=map_location)
-    config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"{path / STATE}: has no config.model; cannot rebuild the model")
-    try:
-        model = GPT(from_dict({"model": config["model"]}).model)
-    except ConfigError as err:
-        raise CheckpointError(f"{path / STATE}: config recorded in train_state.json is not usable ({err})") from None
+    model = GPT(config_of(state, path).model)
     try:
         model.load_state_dict(strip_wrapper_prefixes(loaded["model"]))
     except RuntimeError as err:

@@ -48,30 +48,44 @@ def _chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
             grad_hidden = torch.empty_like(hidden)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             scale = valid.float() / count  # d mean / d per-token loss; 0 for ignored targets
+        # One logits buffer for every chunk, results written in place (mm out=, addmm_): on CPU
+        # a fresh 30-80 MB tensor per chunk costs its page faults, as much as the arithmetic.
+        buf = torch.empty(min(rows, hidden.size(0)), vocab_size, dtype=torch.float32, device=hidden.device)
+        fp32 = hidden.dtype == torch.float32 and w.dtype == torch.float32
         for start in range(0, hidden.size(0), rows):
             h = hidden[start:start + rows]
             t = targets[start:start + rows]
             ok = valid[start:start + rows]
-            logits = (h @ w.t()).float()
+            logits = buf[:h.size(0)]
+            if fp32:
+                torch.mm(h, w.t(), out=logits)
+            else:
+                logits.copy_(h @ w.t())
             if softcap > 0:
-                logits = torch.tanh(logits.div_(softcap))
+                logits.div_(softcap).tanh_()
                 if with_grad:  # d capped / d raw = 1 - tanh^2, taken before logits is reused
                     capped_grad = 1 - logits.square()
-                logits = logits.mul_(softcap)
-            lse = torch.logsumexp(logits, dim=1)
+                logits.mul_(softcap)
             safe_t = t.clamp(min=0)[:, None]
             picked = logits.gather(1, safe_t).squeeze(1)
-            loss_sum += torch.where(ok, lse - picked, 0.0).sum()
+            top = logits.amax(dim=1, keepdim=True)
+            exp = logits.sub_(top).exp_()  # in place: logits are not needed any more
+            total = exp.sum(dim=1)
+            loss_sum += torch.where(ok, top.squeeze(1) + total.log() - picked, 0.0).sum()
             if with_grad:
                 # d loss_i / d logits_i = softmax - onehot(target), scaled by the mean's 1/count.
-                probs = logits.sub_(lse[:, None]).exp_()
+                probs = exp.div_(total[:, None])
                 probs.scatter_add_(1, safe_t, torch.full_like(picked, -1.0)[:, None])
                 probs.mul_(scale[start:start + rows, None])
                 if softcap > 0:
                     probs.mul_(capped_grad)
-                g = probs.to(h.dtype)
-                grad_hidden[start:start + rows] = g @ w
-                grad_w[:vocab_size] += (g.t() @ h).float()
+                if fp32:
+                    torch.mm(probs, w, out=grad_hidden[start:start + rows])
+                    grad_w[:vocab_size].addmm_(probs.t(), h)
+                else:
+                    g = probs.to(h.dtype)
+                    grad_hidden[start:start + rows] = g @ w
+                    grad_w[:vocab_size] += (g.t() @ h).float()
         loss = loss_sum / count
         if not with_grad:
             return loss, hidden.new_empty(0), weight.new_empty(0)

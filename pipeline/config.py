@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import sys
 from dataclasses import dataclass, field, fields
@@ -90,8 +88,6 @@ MODEL_ARCHS: dict[str, dict[str, Any]] = {
     "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False,
                    zero_init=True, logit_softcap=30.0, bias=False),
 }
-MODERN_KEYS = ("arch", "pos_emb", "rope_base", "norm", "qk_norm", "mlp", "tie_embeddings", "zero_init",
-               "logit_softcap")
 
 
 @dataclass
@@ -252,19 +248,6 @@ class Config:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
-
-    def model_hash(self) -> str:
-        """Fingerprint of everything that fixes the parameter shapes (checked on resume).
-
-        activation_checkpointing is left out: it trades memory for compute without
-        changing a single weight, so a run may resume with it switched on or off.
-        """
-        defaults = dataclasses.asdict(ModelConfig())
-        # The modern options are left out at their (GPT-2) defaults, so GPT-2 runs keep the
-        # fingerprint they had before the options existed.
-        shapes = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "activation_checkpointing"
-                  and not (k in MODERN_KEYS and v == defaults[k])}
-        return hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:

@@ -56,6 +56,18 @@ def pick_device(name: str = "auto", key: str = "train.device") -> torch.device:
     return device
 
 
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(name: str, device: torch.device, key: str = "train.dtype") -> torch.dtype | None:
+    """None = plain fp32. auto: bf16 autocast on CUDA (GPT-2 reproductions' setting), fp32 elsewhere."""
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    if name not in AUTOCAST:
+        raise ConfigError(f"{key} = {name!r}: expected auto, {', '.join(AUTOCAST)}")
+    return AUTOCAST[name]
+
+
 def _env_int(name: str, default: int) -> int:
     text = os.environ.get(name)
     if text is None:
@@ -81,14 +93,16 @@ def _join_process_group(backend: str, rank: int, world: int, **kwargs) -> None:
                             world_size=world, **kwargs)
 
 
-def init_distributed(device_name: str = "auto", timeout_s: float | None = None) -> DistEnv:
+def init_distributed(device_name: str = "auto", timeout_s: float | None = None,
+                     key: str = "train.device") -> DistEnv:
     """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE and join the process group if N > 1.
 
-    timeout_s: how long a collective may wait for the slowest rank (None: torch's default)."""
+    timeout_s: how long a collective may wait for the slowest rank (None: torch's default).
+    key: the config key or CLI flag the device name came from (named in errors)."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = pick_device(device_name)
+    device = pick_device(device_name, key)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are "
@@ -97,7 +111,7 @@ def init_distributed(device_name: str = "auto", timeout_s: float | None = None) 
         torch.cuda.set_device(device)
     if world > 1:
         if device.type == "mps":
-            raise ConfigError("multi-process training is not supported on mps (use --train.device=cpu)")
+            raise ConfigError(f"{key} = mps: multi-process runs are not supported on mps (use cpu)")
         if not dist.is_initialized():
             extra = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
             if device.type == "cuda":

@@ -31,6 +31,7 @@ from pipeline.tokenizer import get_tokenizer
 # sha256 of data/hellaswag_val.jsonl in rowanz/hellaswag (10,042 rows).
 HELLASWAG_VAL_SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
 HELLASWAG_VAL_ROWS = 10_042
+DEFAULT_HELLASWAG = Path("data/hellaswag/hellaswag_val.jsonl")  # where data_prep.hellaswag installs it
 
 
 class HellaSwagError(ValueError):
@@ -71,7 +72,7 @@ def _rows(path: Path, limit: int):
     """Yield (line number, raw bytes) of the first `limit` non-blank lines (0 = all)."""
     if not path.is_file():
         raise HellaSwagError(f"{path}: HellaSwag file not found "
-                             "(install it with: python -m data_prep.hellaswag --out data/hellaswag)")
+                             f"(install it with: python -m data_prep.hellaswag --out {DEFAULT_HELLASWAG.parent})")
     taken = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):

@@ -13,7 +13,6 @@ run must not depend on the network.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -28,15 +27,15 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_json
-from pipeline.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from pipeline.config import ConfigError, ModelConfig, from_dict
+from pipeline.checkpoint import CheckpointError, load_model, resolve_checkpoint, strip_wrapper_prefixes
+from pipeline.cli import OneLineParser
+from pipeline.config import ConfigError, ModelConfig
 from pipeline.model import GPT
 from pipeline.tokenizer import EOT, TokenizerError, official_bpe_files
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers stored by older transformers (not c_attn.bias, which is a weight).
 BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-WRAPPERS = ("_orig_mod.", "module.")  # torch.compile / DDP prefixes, should a state dict carry them
 # The four GPT-2 sizes moved to the openai-community org; the old names still resolve on the hub.
 HUB_ALIASES = {n: f"openai-community/{n}" for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
@@ -200,12 +199,7 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "model") -> dict[str, torch.Tensor]:
     """Our state dict -> HF GPT2LMHeadModel tensors (Conv1D layout, real vocab, fp32)."""
-    unwrapped = False
-    while sd and not unwrapped:  # DDP(compile(model)) saves 'module._orig_mod.' keys
-        prefix = next((p for p in WRAPPERS if all(k.startswith(p) for k in sd)), None)
-        unwrapped = prefix is None
-        if prefix:
-            sd = {k.removeprefix(prefix): v for k, v in sd.items()}
+    sd = strip_wrapper_prefixes(sd)
     _check_names({k: tuple(v.shape) for k, v in sd.items()}, _expected_shapes(cfg), str(source))
     hf = {}
     for key, t in sd.items():
@@ -266,15 +260,8 @@ def export_hf(model_or_checkpoint: GPT | str | Path, out_dir: str | Path, overwr
         cfg, sd, source = model_or_checkpoint.config, model_or_checkpoint.state_dict(), "model"
     else:
         path = resolve_checkpoint(model_or_checkpoint)
-        loaded, state = load_checkpoint(path, names=("model",))
-        try:
-            cfg = from_dict({"model": state["config"]["model"]}).model
-            cfg.validate()
-        except (KeyError, TypeError):
-            raise HFError(f"{path}/train_state.json: no config.model section to rebuild the model from") from None
-        except ConfigError as err:
-            raise HFError(f"{path}/train_state.json: {err}") from None
-        sd, source = loaded["model"], str(path / "model.pt")
+        model, state = load_model(path)
+        cfg, sd, source = model.config, model.state_dict(), str(path / "model.pt")
         metadata.update({k: str(state[k]) for k in ("step", "tokens_seen") if k in state})
     incompatible = cfg.gpt2_incompatible()
     if incompatible:
@@ -292,7 +279,7 @@ def export_hf(model_or_checkpoint: GPT | str | Path, out_dir: str | Path, overwr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.hf", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m pipeline.hf", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory")
     exp.add_argument("checkpoint", help="checkpoint dir (runs/NAME/checkpoints/step_NNNNNN) or run dir (latest)")

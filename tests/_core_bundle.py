@@ -60,14 +60,14 @@ def _rows(kind: str, n: int, choices: int, rng: random.Random) -> list[dict]:
     return rows
 
 
-def make_bundle(directory: Path, tasks=TASKS, seed: int = 0) -> Path:
-    rng = random.Random(seed)
+def write_bundle(directory: Path, tasks: list[tuple[str, str, int, str, list[dict], float]]) -> Path:
+    """The published layout from (label, type, shots, delimiter, rows, baseline %) tuples."""
     (directory / "eval_data" / "sub").mkdir(parents=True, exist_ok=True)
     lines, meta = ["icl_tasks:"], ["Eval Task,Task Category,Random baseline"]
-    for label, kind, shots, delim, n, choices, baseline in tasks:
+    for label, kind, shots, delim, rows, baseline in tasks:
         uri = f"sub/{label}.jsonl"
         with open(directory / "eval_data" / uri, "w", encoding="utf-8") as f:
-            for row in _rows(kind, n, choices, rng):
+            for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         lines += [f"- label: {label}", f"  dataset_uri: {uri}", f"  num_fewshot: [{shots}]",
                   f"  icl_task_type: {kind}", f"  continuation_delimiter: {json.dumps(delim)}"]
@@ -75,6 +75,25 @@ def make_bundle(directory: Path, tasks=TASKS, seed: int = 0) -> Path:
     (directory / "core.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (directory / "eval_meta_data.csv").write_text("\n".join(meta) + "\n", encoding="utf-8")
     return directory
+
+
+def make_bundle(directory: Path, tasks=TASKS, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    return write_bundle(directory, [(label, kind, shots, delim, _rows(kind, n, choices, rng), baseline)
+                                    for label, kind, shots, delim, n, choices, baseline in tasks])
+
+
+def hellaswag_as_mc(path: Path, limit: int) -> list[dict]:
+    """HellaSwag rows in CORE's multiple-choice format (query = the context, choices = the
+    endings, delimiter " "): the prompt text build-nanogpt scores, plus BOS and few-shots."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if len(rows) == limit:
+                break
+            row = json.loads(line)
+            rows.append({"query": row["ctx"], "choices": row["endings"], "gold": row["label"]})
+    return rows
 
 
 def _tokens(words: list[str]) -> set[int]:

@@ -1,7 +1,7 @@
 """Builders for eval tests: tiny-model runs with real checkpoints, real-text val shards.
 
 Checkpoints are written with pipeline.checkpoint.save_checkpoint exactly as the trainer
-writes them (model + state with step, tokens_seen, config, model_hash); metrics.jsonl
+writes them (model + state with step, tokens_seen, config); metrics.jsonl
 follows the contract in HELPER_COMMON.md / DESIGN.md.
 """
 
@@ -44,8 +44,7 @@ def tiny_model(cfg: Config, seed: int) -> GPT:
 
 def save_tiny_checkpoint(run_dir: Path, cfg: Config, step: int, seed: int | None = None) -> Path:
     model = tiny_model(cfg, step if seed is None else seed)
-    state = {"step": step, "tokens_seen": step * TOKENS_PER_STEP, "config": cfg.to_dict(),
-             "model_hash": cfg.model_hash()}
+    state = {"step": step, "tokens_seen": step * TOKENS_PER_STEP, "config": cfg.to_dict()}
     return save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
 
 

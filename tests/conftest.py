@@ -61,7 +61,8 @@ def real_data_problem() -> str | None:
     root = real_data_dir()
     how = f"set {REAL_DATA_ENV} to a directory holding {' and '.join(REAL_FILES)}, or run `make test-data`"
     if not root.is_dir():
-        return f"{root} is missing; {how}"
+        also = "" if os.environ.get(REAL_DATA_ENV) else f" (and so is {REPO.parent / 'shared' / 'data'})"
+        return f"{root} is missing{also}; {how}"
     missing = [name for name in REAL_FILES if not (root / name).is_file()]
     return f"{root / missing[0]} is missing; {how}" if missing else None
 
@@ -83,16 +84,21 @@ def pytest_configure(config):
         # Under xdist the controller collects nothing, so it never loads tests/faults/conftest.py;
         # register it here so the workers' fault ledgers are merged and printed once.
         import faults.conftest
-        config.pluginmanager.register(faults.conftest, "fault-ledger")
+        if not config.pluginmanager.is_registered(faults.conftest):  # not loaded as an initial conftest
+            config.pluginmanager.register(faults.conftest, "fault-ledger")
     problem = real_data_problem()
     if _is_ci() and problem and not hasattr(config, "workerinput"):
         raise pytest.UsageError(f"CI=true but the real test data is not there: {problem}")
 
 
-# Whole files that are slow by nature: the Slurm cluster, the fault sweeps (each injects a
-# fault kind dozens of times). Single slow tests carry @pytest.mark.slow themselves.
-SLOW_PATHS = ("tests/test_slurm.py", "tests/faults/")
-SYSTEM_PATHS = ("tests/test_slurm.py", "tests/faults/test_faults_disk_full.py")
+# Slow by nature, so left out of `make test-quick`: the Slurm clusters, the fault sweeps (each
+# injects a fault kind dozens of times), data_prep's kill/resume loops, the demo and the README
+# blocks (each a whole pipeline run), eval --watch under kill -9. Other slow tests carry
+# @pytest.mark.slow themselves.
+SLOW_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/", "tests/test_data_prep_resume.py",
+              "tests/test_pipeline_demo.py", "tests/test_readme_commands.py::test_readme_block",
+              "tests/test_eval_watch.py::test_kill_9")
+SYSTEM_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/test_faults_disk_full.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -100,7 +106,7 @@ def pytest_collection_modifyitems(items):
         if {"real_data", "shared_data"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("real_data")
         path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
-        if path.startswith(SLOW_PATHS):
+        if f"{path}::{item.name}".startswith(SLOW_PATHS):
             item.add_marker("slow")
         if path.startswith(SYSTEM_PATHS):
             item.add_marker("system")

@@ -12,18 +12,15 @@ is kept. Needs internet; without it, one `error:` line says what to copy where.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_prep import DataPrepError  # noqa: E402 - after the path set-up
-from data_prep.hellaswag import install as install_hellaswag  # noqa: E402
+from data_prep.hellaswag import download, install as install_hellaswag  # noqa: E402
 from pipeline.atomic import fsync_dir, sha256_file  # noqa: E402
 
 # The classic char-rnn file (public domain); hash as in ../shared/data/README.md.
@@ -39,22 +36,13 @@ def fetch(url: str, sha256: str, target: Path, timeout: float) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
     try:
-        digest = hashlib.sha256()
         with open(tmp, "wb") as dst:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while block := response.read(1 << 20):
-                        digest.update(block)
-                        dst.write(block)
-            except (urllib.error.URLError, OSError) as err:  # offline, DNS, timeout, HTTP errors
-                reason = getattr(err, "reason", None) or err
-                raise DataPrepError(f"cannot download {url} ({reason}); without internet, copy {target.name} "
-                                    f"(sha256 {sha256}) to {target} from a machine that has it") from None
+            digest = download(url, dst, timeout, what=target.name, offline=(
+                f"without internet, copy {target.name} (sha256 {sha256}) to {target} from a machine that has it"))
             dst.flush()
             os.fsync(dst.fileno())
-        if digest.hexdigest() != sha256:
-            raise DataPrepError(f"{url}: sha256 {digest.hexdigest()} is not the expected {sha256}; "
-                                f"nothing written to {target}")
+        if digest != sha256:
+            raise DataPrepError(f"{url}: sha256 {digest} is not the expected {sha256}; nothing written to {target}")
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
@@ -68,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default %(default)s)")
     args = p.parse_args(argv)
     try:
-        install_hellaswag(args.out / "hellaswag", timeout=args.timeout)
+        try:
+            install_hellaswag(args.out / "hellaswag", timeout=args.timeout)
+        except DataPrepError as err:  # offline, it ends with the install command: point that at OUT
+            message = str(err)
+            raise DataPrepError(message + f" --out {args.out / 'hellaswag'}"
+                                if message.endswith("--from PATH/hellaswag_val.jsonl") else message) from None
         print(fetch(TINYSHAKESPEARE_URL, TINYSHAKESPEARE_SHA256, args.out / "text" / "tinyshakespeare.txt",
                     args.timeout))
     except DataPrepError as err:

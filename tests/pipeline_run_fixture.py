@@ -59,8 +59,7 @@ def make_run(run_dir: Path, data_dir: Path, checkpoint_steps: tuple[int, ...] = 
     model = GPT(cfg.model)
     for step in checkpoint_steps:
         save_checkpoint(run_dir, step, {"model": model.state_dict(), "optimizer": {}},
-                        {"step": step, "tokens_seen": step * tokens_per_step, "config": cfg.to_dict(),
-                         "model_hash": cfg.model_hash()})
+                        {"step": step, "tokens_seen": step * tokens_per_step, "config": cfg.to_dict()})
     for step in evaluated:
         write_eval_result(run_dir, step, step * tokens_per_step, "val_loss", 9.0 - 0.01 * step, 1024)
         write_eval_result(run_dir, step, step * tokens_per_step, "hellaswag_acc_norm", 0.25 + 0.001 * step, 40)

@@ -143,3 +143,33 @@ def test_python_m_eval_core_writes_results_and_two_ranks_equal_one(tmp_path, cap
 
     assert main(["--checkpoint", str(single), "--tasks", "core", "--no-report"]) == 2
     assert "--eval-bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shots", [0, 10])
+def test_real_hellaswag_as_core_multiple_choice(real_data, tmp_path, shots):
+    """The real HellaSwag val file (opt-in: GPT2_PIPELINE_TEST_DATA) converted to CORE's
+    multiple-choice format: 0-shot sequences are
+    build-nanogpt's tokens after a BOS; 10-shot prompts are cut from the left at the
+    context limit; the batched scorer decides as one forward per sequence does."""
+    from _core_bundle import hellaswag_as_mc, write_bundle
+    from pipeline.hellaswag import load_hellaswag
+    path = real_data / "hellaswag" / "hellaswag_val.jsonl"
+    rows = hellaswag_as_mc(path, 16)
+    directory = write_bundle(tmp_path / "hs", [(f"hellaswag_{shots}", "multiple_choice", shots, " ", rows, 25.0)])
+    task = load_bundle(directory).tasks[0]
+    reqs = [request(task, i) for i in range(len(task.rows))]
+    if shots == 0:
+        by_ctx = {tuple(ex.ctx): ex for ex in load_hellaswag(path, 16)}
+        for req in reqs:
+            ex = [e for e in by_ctx.values() if tuple(req.seqs[0][1:1 + len(e.ctx)]) == e.ctx][0]
+            assert [list(s) for s in req.seqs] == [[50256] + list(ex.ctx) + list(e) for e in ex.endings]
+    torch.manual_seed(shots)
+    block = 512 if shots == 0 else 256
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=block)).eval()
+    if shots == 10:
+        assert any(len(s) > block for r in reqs for s in r.seqs)  # some are cut from the left
+    want = reference_scores(model, reqs)
+    got = score_requests(model, reqs, CPU, batch_size=8)
+    for i, (w, g) in enumerate(zip(want, got)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-4)
+        assert correct(task, i, g) == correct(task, i, w)

@@ -50,7 +50,7 @@ def test_report_files_exist_and_html_is_self_contained(run):
         assert base64.b64encode(png.read_bytes()).decode() in html  # embedded, byte for byte
     assert re.findall(r"(?:src|href)=['\"](?!data:)", html) == []  # nothing outside the file
     # the checkpoints table: one row per evaluated step, with its numbers
-    assert "| 20 | 10.2k | 4.1500 | 0.2600 | 0.2700 | 500 | on disk |" in md
+    assert "| 20 | 10.2k | 4.1500 | — | 0.2600 | 0.2700 | 500 | — | on disk |" in md
     assert "GPT-2 124M HellaSwag acc_norm (0.2955)" in md and "GPT-3 124M" in md
     # generated samples from metrics.jsonl, newest first, HTML-escaped
     assert md.index("Samples at step 30") < md.index("Samples at step 20")
@@ -105,3 +105,55 @@ def test_torn_and_garbled_lines_do_not_stop_a_report(run):
 def test_report_cli_errors_on_a_missing_run(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such run directory\n"
+
+
+def test_no_hellaswag_data_means_no_plot_but_one_sentence(tmp_path):
+    run = make_run(tmp_path / "bare", tiny_config(max_steps=5), steps=[5], metrics=False)
+    append_line(run / "metrics.jsonl", '{"step": 1, "kind": "train", "loss": 9.5, "tokens": 512}')
+    (run / "eval" / "plots").mkdir(parents=True)
+    (run / "eval" / "plots" / "hellaswag.png").write_bytes(b"stale")  # from an earlier report
+    assert plot_hellaswag([load_run(run)], tmp_path / "hs.png") == {} and not (tmp_path / "hs.png").exists()
+    paths = write_report(run)
+    assert [p.name for p in paths] == ["report.md", "report.html", "loss.png"]
+    assert not (run / "eval" / "plots" / "hellaswag.png").exists()
+    md, page = paths[0].read_text(), paths[1].read_text()
+    assert "No HellaSwag acc_norm results yet" in md and "hellaswag.png" not in md
+    assert "No HellaSwag acc_norm results yet" in page and page.count("data:image/png") == 1
+
+
+@pytest.mark.parametrize("low,high", [(0, 1), (0, 3), (0, 7), (1_000_000, 1_000_500), (0, 2e10),
+                                      (5e8, 5e8 + 40), (12_345, 12_349)])
+def test_token_tick_labels_read_differently_at_every_scale(low, high):
+    import matplotlib.pyplot as plt
+
+    from eval.plots import _new_axes
+    fig, ax = _new_axes("t", "y")
+    ax.plot([low, high], [0, 1])
+    ax.set_xlim(low, high)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+    plt.close(fig)
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+
+
+def test_bpb_and_core_plots_appear_once_there_are_points(run):
+    paths = write_report(run)
+    assert not any(p.name in ("bpb.png", "core.png") for p in paths)  # no bpb/CORE results yet
+    for step in (10, 20, 30):
+        base = dict(step=step, tokens_seen=step * TOKENS_PER_STEP, checkpoint=f"{run}/checkpoints/step_{step:06d}",
+                    checkpoint_sha256=f"{step:064x}", n=40, data_sha256="c")
+        append_result(run, dict(base, metric="val_bpb", value=1.5 - step / 100))
+        append_result(run, dict(base, metric="core", value=step / 300))
+        for task in ("hellaswag", "lambada"):
+            append_result(run, dict(base, metric=f"core_centered/{task}", value=step / 200))
+    data = load_run(run)
+    assert [round(v, 3) for _, v in data.bpb_eval] == [1.4, 1.3, 1.2]
+    assert sorted(data.core_eval) == ["core", "hellaswag", "lambada"]
+    paths = write_report(run)
+    names = {p.name for p in paths}
+    assert {"bpb.png", "core.png"} <= names
+    for p in paths:
+        if p.suffix == ".png":
+            _png_ok(p)
+    md = (run / "eval" / "report.md").read_text()
+    assert "CORE vs tokens" in md and "| val bpb |" in md and "CORE 0.1000" in md

@@ -218,7 +218,7 @@ def _run_with_checkpoint(tmp_path) -> tuple:
     model = GPT(cfg.model)
     run = tmp_path / "runs" / "tiny"
     save_checkpoint(run, 7, {"model": model.state_dict()},
-                    {"step": 7, "tokens_seen": 7 * 1024, "config": cfg.to_dict(), "model_hash": cfg.model_hash()})
+                    {"step": 7, "tokens_seen": 7 * 1024, "config": cfg.to_dict()})
     return model, run
 
 

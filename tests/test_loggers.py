@@ -168,12 +168,12 @@ def test_eval_progress_bar_only_on_a_terminal(monkeypatch):
 
     rt = Runtime(torch.device("cpu"), None)
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert rt.progress(5, "val loss")[0] is None  # a log file gets no bar
+    with rt.progress(5, "val loss") as bar:
+        assert bar is None  # a log file gets no bar
     monkeypatch.setattr(sys, "stderr", Terminal())
-    update, close = rt.progress(5, "val loss")
     model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=20))
     done = []
-    compute_val_loss(model, np.arange(41) % 20, 8, 2, torch.device("cpu"),
-                     progress=lambda n: (done.append(n), update(n)))
-    close()
-    assert done == [2, 2, 1] and "val loss:" in sys.stderr.getvalue() and "/5 " in sys.stderr.getvalue()
+    with rt.progress(5, "val loss") as bar:
+        compute_val_loss(model, np.arange(41) % 20, 8, 2, torch.device("cpu"),
+                         progress=lambda n: (done.append(n), bar(n)))
+    assert done == [2, 2, 1] and "val loss:" in sys.stderr.getvalue()

@@ -1,10 +1,12 @@
-"""Every ```bash block of README.md that can run on this machine, run as written.
+"""Every ```bash block of README.md and docs/*.md that can run on this machine, run as written.
 
-The README cannot rot: a renamed flag or module fails here. Blocks run in order, each as
-one `bash -eo pipefail` script, in a scratch copy of the checkout (so `runs/`, `data/` of
-the real checkout are untouched and later blocks see what earlier blocks made).
+The documents cannot rot: a renamed flag or module fails here. Blocks run in order (README
+first, then docs/ by name), each as one `bash -eo pipefail` script, in a scratch copy of the
+checkout (so `runs/`, `data/` of the real checkout are untouched and later blocks see what
+earlier blocks made). Each detail lives once: no prose paragraph of the README is repeated
+in docs/ (the README is the front page, docs/ hold the details).
 
-Marking in README.md (HTML comments are invisible on GitHub):
+Marking (HTML comments are invisible on GitHub):
   <!-- readme-test: skip (needs 8 GPUs) -->   on the line(s) just before a fence: skip the block
   some command  # readme-test: skip            skip one line of a block
 Never run whatever the marks say: installing packages (it would change the environment the
@@ -29,6 +31,7 @@ import pytest
 from conftest import REPO, subprocess_env
 
 README = REPO / "README.md"
+DOCUMENTS = [README] + sorted((REPO / "docs").glob("*.md"))
 MARK = re.compile(r"<!--\s*readme-test:\s*(?P<what>.*?)\s*-->")
 LINE_SKIP = re.compile(r"#\s*readme-test:\s*skip\b")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
@@ -154,27 +157,65 @@ def scratch(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return root, env
 
 
-BLOCKS = parse_blocks(README.read_text()) if README.is_file() else []
+BLOCKS = [(doc.relative_to(REPO).as_posix(), block) for doc in DOCUMENTS if doc.is_file()
+          for block in parse_blocks(doc.read_text())]
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"README.md:{b.line}" for b in BLOCKS])
-def test_readme_block(block: Block, scratch) -> None:
+@pytest.mark.parametrize("where,block", BLOCKS, ids=[f"{doc}:{b.line}" for doc, b in BLOCKS])
+def test_documented_block(where: str, block: Block, scratch) -> None:
     if block.skip:
-        pytest.skip(f"README.md:{block.line}: {block.skip}")
+        pytest.skip(f"{where}:{block.line}: {block.skip}")
     script, left_out = runnable_script(block.code)
     if not script:
-        pytest.skip(f"README.md:{block.line}: nothing runnable here: {'; '.join(left_out)}")
+        pytest.skip(f"{where}:{block.line}: nothing runnable here: {'; '.join(left_out)}")
     root, env = scratch
     proc = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=root, env=env, capture_output=True,
                           text=True, timeout=BLOCK_TIMEOUT)
-    assert proc.returncode == 0, (f"README.md:{block.line} block failed (exit {proc.returncode}):\n{script}\n"
+    assert proc.returncode == 0, (f"{where}:{block.line} block failed (exit {proc.returncode}):\n{script}\n"
                                   f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}")
 
 
 def test_readme_has_runnable_blocks() -> None:
     assert README.is_file(), "README.md is missing"
-    runnable = [b for b in BLOCKS if not b.skip and runnable_script(b.code)[0]]
+    runnable = [b for doc, b in BLOCKS if doc == "README.md" and not b.skip and runnable_script(b.code)[0]]
     assert runnable, "README.md has no ```bash block this test can run: its commands are untested"
+
+
+def prose_paragraphs(text: str) -> list[str]:
+    """The text's paragraphs and table rows outside code fences, whitespace-normalised."""
+    out, para, fenced = [], [], False
+    for line in text.splitlines() + [""]:
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        if not line.strip() or line.lstrip().startswith(("#", "|", "<!--")):
+            if para:
+                out.append(" ".join(para))
+            para = []
+            if line.lstrip().startswith("|"):
+                out.append(" ".join(line.split()))
+            continue
+        para.append(" ".join(line.split()))
+    return [p for p in out if len(p) >= 60]
+
+
+def test_readme_is_a_front_page_and_each_detail_lives_once() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250, "README.md is the front page (<= 250 lines); details go to docs/"
+    docs = {doc.name: " ".join(doc.read_text().split()) for doc in DOCUMENTS[1:]}
+    repeated = [(p[:70], name) for p in prose_paragraphs(text) for name, body in docs.items() if p in body]
+    assert repeated == [], f"paragraphs of README.md repeated in docs/: {repeated}"
+
+
+def test_prose_paragraphs_sees_paragraphs_and_table_rows_not_code() -> None:
+    sample = ("# T\n\nA paragraph that is long enough to count, spread over\ntwo lines of the file.\n\n"
+              "```bash\necho a code line that is long enough to count if it were prose, but it is not\n```\n"
+              "| a | table row that is long enough to count as a detail of its own |\n")
+    assert prose_paragraphs(sample) == [
+        "A paragraph that is long enough to count, spread over two lines of the file.",
+        "| a | table row that is long enough to count as a detail of its own |"]
 
 
 # -- the parser itself, on a README written here --

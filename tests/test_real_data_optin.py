@@ -70,6 +70,7 @@ def test_download_offline_is_one_error_line_and_writes_nothing(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: cannot download HellaSwag from {hellaswag_prep.URL}")
     assert "Temporary failure in name resolution" in err
+    assert err.rstrip().endswith(f"--from PATH/hellaswag_val.jsonl --out {tmp_path / 'real' / 'hellaswag'}")
     assert not any(p.is_file() for p in (tmp_path / "real").rglob("*"))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -115,7 +114,8 @@ def test_a_run_whose_node_is_killed_resumes_on_two_nodes(config, baseline, tmp_p
     run = tmp_path / "run"
     port = free_port()
     # dist_timeout_s 20: node 0 notices the dead node at its next collective, or after 20 s at most
-    nodes = [launch(r, port, config, run, "--train.dist_timeout_s=20", GPT2_PIPELINE_TEST_STEP_SLEEP="1.5")
+    slow_steps = "train.after_step=sleep(1.5)"
+    nodes = [launch(r, port, config, run, "--train.dist_timeout_s=20", GPT2_PIPELINE_FAILPOINTS=slow_steps)
              for r in (0, 1)]
     try:
         deadline = time.monotonic() + 240

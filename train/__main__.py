@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.atomic import JsonlError
 from pipeline.checkpoint import CheckpointError
+from pipeline.cli import OneLineParser, UsageError
 from pipeline.config import ConfigError, resolve
 from pipeline.hf import HFError
 from pipeline.shards import ShardError
@@ -22,17 +23,8 @@ from train.rundir import repeated_exit, write_exit
 USER_ERRORS = (ConfigError, ShardError, CheckpointError, TokenizerError, JsonlError, HFError)
 
 
-class UsageError(ValueError):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error:` line instead of usage + traceback-ish noise
-        raise UsageError(f"{message} (see python -m train --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m train", allow_abbrev=False,
+    parser = OneLineParser(prog="python -m train", raise_errors=True,
                      description="Pretrain a GPT-2 model on token shards (one process, or torchrun for DDP).",
                      epilog="Any config key can be overridden as --section.key=value, e.g. --data.dir=DIR "
                             "--train.micro_batch_size=16 --optim.max_lr=1e-3. Exit codes: 0 finished, "

@@ -91,10 +91,7 @@ def _load_hellaswag(path: str, limit: int):
     if not Path(path).is_file():
         raise ConfigError(f"eval.hellaswag_path = {path!r}: no such file "
                           "(python -m data_prep.hellaswag installs data/hellaswag/hellaswag_val.jsonl)")
-    try:
-        from pipeline.hellaswag import HellaSwagError, load_hellaswag, verify_hellaswag
-    except ImportError as err:
-        raise ConfigError(f"eval.hellaswag_path is set but pipeline.hellaswag cannot be imported ({err})") from None
+    from pipeline.hellaswag import HellaSwagError, load_hellaswag, verify_hellaswag
     try:
         # The whole file against the canonical set's sha256, as `python -m eval` does: a damaged
         # or truncated copy would otherwise give in-loop numbers that look real.

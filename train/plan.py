@@ -18,10 +18,13 @@ L layers, padded vocabulary V, compute dtype of d bytes: 2 under bf16 autocast, 
   (4h) and lm_head's input (h*d). With activation checkpointing, only each block's input
   (4h) plus one block being recomputed. (tests/test_train_plan.py checks this against the
   tensors autograd really saves.)
-- logits (b*T*V): eager mode holds them in the compute dtype (the returned tensor), their
-  fp32 copy's log-softmax (4) and, at the start of the backward, the fp32 gradient and the
-  log-softmax gradient (4 + 4) at once: d + 12 bytes each. torch.compile fuses the cast,
-  log-softmax and loss and its backward: d + 4.
+- the loss (pipeline/chunked_loss.py: the full logits never exist): the gradient w.r.t. the
+  hidden states, computed in the forward and kept (b*T*h*d), an fp32 weight-shaped gradient
+  of the output layer (4*V*h), and one chunk's logits at a time in the compute dtype and in
+  fp32 (rows*V*(d + 4), rows = pipeline.chunked_loss.chunk_rows on CUDA). With
+  model.logit_softcap the full logits exist: eager mode holds them in the compute dtype, the
+  fp32 log-softmax and, at the start of the backward, two fp32 gradients (d + 12 bytes
+  each); torch.compile fuses the cast, log-softmax and loss (d + 4).
 - a fixed 1 GiB for the CUDA context, cuBLAS/NCCL workspaces.
 A micro batch "fits" a card when the estimate is at most 90% of it: the allocator's
 fragmentation and the estimate's own error need the rest. bench/gpu_check.py measures
@@ -30,9 +33,15 @@ the real peak next to this estimate on a GPU.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
+import torch
+
+from pipeline.chunked_loss import chunk_rows
 from pipeline.config import Config, ConfigError
+from pipeline.model import GPT
 from train.schedule import grad_accum_steps
 
 GIB = 1024**3
@@ -42,14 +51,16 @@ RESERVE = 1 * GIB
 
 
 def param_count(cfg: Config, include_padding: bool = True) -> int:
-    """GPT.num_params() computed from the config alone (building a 1.5B model costs 6 GB)."""
-    m = cfg.model
-    h, bias = m.n_embd, int(m.bias)
-    vocab = m.padded_vocab_size if include_padding else m.vocab_size
-    layer = (2 * (h + bias * h)  # ln_1, ln_2
-             + 3 * h * h + bias * 3 * h + h * h + bias * h  # c_attn, c_proj
-             + 4 * h * h + bias * 4 * h + 4 * h * h + bias * h)  # c_fc, c_proj
-    return vocab * h + m.block_size * h + m.n_layer * layer + h + bias * h  # wte (tied), wpe, blocks, ln_f
+    """GPT.num_params() of this config's model, built on the meta device (no memory, no time:
+    a real 1.5B model would cost 6 GB), so every model option is counted as the model has it."""
+    key = (json.dumps(dataclasses.asdict(cfg.model), sort_keys=True), include_padding)
+    if key not in _COUNTS:  # memory() asks once per candidate micro batch
+        with torch.device("meta"):
+            _COUNTS[key] = GPT(cfg.model).num_params(include_padding=include_padding)
+    return _COUNTS[key]
+
+
+_COUNTS: dict[tuple[str, bool], int] = {}
 
 
 def compute_bytes(cfg: Config, device: str = "cuda") -> int:
@@ -74,11 +85,19 @@ def memory(cfg: Config, micro_batch: int, world_size: int, device: str = "cuda")
         "ddp_buckets": 4 * p if world_size > 1 else 0,
         "weight_copies": 2 * p if d == 2 else 0,
         "activations": tokens * (layers + 4 * h + h * d),  # + ln_f's input, lm_head's input
-        "logits": tokens * m.padded_vocab_size * (d + (4 if tc.compile else 12)),
+        **_loss(cfg, tokens, d),
         "reserve": RESERVE,
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _loss(cfg: Config, tokens: int, d: int) -> dict[str, int]:
+    m, vocab = cfg.model, cfg.model.padded_vocab_size
+    if m.logit_softcap > 0:  # the model's plain path through the full logits
+        return {"loss_kept": 0, "loss_chunk": tokens * vocab * (d + (4 if cfg.train.compile else 12))}
+    rows = min(tokens, chunk_rows(m.vocab_size, torch.device("cuda")))
+    return {"loss_kept": tokens * m.n_embd * d + 4 * vocab * m.n_embd, "loss_chunk": rows * vocab * (d + 4)}
 
 
 def checkpoint_bytes(cfg: Config) -> int:
@@ -160,7 +179,8 @@ ROWS = [
     ("  DDP gradient buckets", lambda p: _gib(p.memory["ddp_buckets"])),
     ("  bf16 weight copies", lambda p: _gib(p.memory["weight_copies"])),
     ("  activations", lambda p: _gib(p.memory["activations"])),
-    ("  logits + loss", lambda p: _gib(p.memory["logits"])),
+    ("  loss: kept for the backward", lambda p: _gib(p.memory["loss_kept"])),
+    ("  loss: one logits chunk", lambda p: _gib(p.memory["loss_chunk"])),
     ("  CUDA context, workspaces", lambda p: _gib(p.memory["reserve"])),
     ("  total (estimate)", lambda p: _gib(p.memory["total"])),
     *[(f"micro batch for {gb} GB cards", (lambda gb: lambda p: _pick_text(p, gb))(gb)) for gb in CARDS_GB],
@@ -176,6 +196,7 @@ def format_plans(plans: list[Plan]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    note = (f"Memory: an estimate for CUDA with {'bf16 autocast' if plans and compute_bytes(plans[0].cfg) == 2 else 'fp32'}"
-            f" (train/plan.py); a micro batch fits a card when the estimate is <= {USABLE:.0%} of it.")
+    dtype = "bf16 autocast" if plans and compute_bytes(plans[0].cfg) == 2 else "fp32"
+    note = (f"Memory: an estimate for CUDA with {dtype} (train/plan.py); a micro batch fits a card when the "
+            f"estimate is <= {USABLE:.0%} of it.")
     return "\n".join([line(head), sep, *[line(r) for r in body], "", note])

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_write_json, atomic_write_text, read_jsonl
+from pipeline.checkpoint import EXIT, read_exit
 from pipeline.config import Config
 from pipeline.provenance import git_commit
 
@@ -77,7 +78,7 @@ def trim_metrics(run_dir: Path, resume_step: int) -> int:
 
 
 def write_exit(run_dir: Path, code: int, reason: str, step: int | None) -> None:
-    atomic_write_json(run_dir / "exit.json", {"code": code, "reason": reason, "step": step,
+    atomic_write_json(run_dir / EXIT, {"code": code, "reason": reason, "step": step,
                                               "launch": launch_id(), "attempt": _attempt(),
                                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -110,11 +111,8 @@ def repeated_exit(run_dir: Path) -> dict | None:
     """The exit record of a deliberate stop of this launch, when this worker is torchrun's restart after it."""
     if _attempt() == 0 or launch_id() is None:
         return None
-    try:
-        record = json.loads((run_dir / "exit.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("launch") != launch_id():
+    record = read_exit(run_dir)
+    if record is None or record.get("launch") != launch_id():
         return None
     if record.get("code") not in DELIBERATE_EXITS or not isinstance(record.get("attempt"), int):
         return None

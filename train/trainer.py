@@ -23,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                  remove_partial_checkpoints, save_checkpoint, strip_wrapper_prefixes)
 from pipeline.config import Config, ConfigError
-from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, barrier, broadcast_from_main,
-                                  gather_to_main)
+from pipeline.distributed import (DistEnv, all_reduce_sum, any_rank, autocast_dtype, barrier,
+                                  broadcast_from_main, gather_to_main)
 from pipeline.documents import document_layout
 from pipeline.failpoints import fail_point
 from pipeline.loggers import Loggers, require_packages
@@ -44,16 +44,6 @@ from train.resume import (capture_rng, check_model_shape, check_optimizer_name, 
 from train.rundir import METRICS, trim_metrics, write_exit, write_launch_files
 from train.schedule import grad_accum_steps, lr_at
 from train.signals import PreemptionFlag
-
-STATE_VERSION = 1
-
-
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """None = plain fp32. auto: bf16 autocast on CUDA (GPT-2 reproductions' setting), fp32 elsewhere."""
-    if name == "bfloat16" or (name == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
 
 def check_shards(shards: list, env: DistEnv) -> None:
     """Every train shard's sha256 against the manifest before the first step (each rank
@@ -309,10 +299,10 @@ class Trainer:
         rng = gather_to_main(capture_rng(self.device), self.env)
         error = None
         if self.env.is_main:
-            state = {"version": STATE_VERSION, "step": self.step, "tokens_seen": self.tokens_seen,
+            state = {"step": self.step, "tokens_seen": self.tokens_seen,
                      "loader": self.loader.state_dict(), "rng": rng, "world_size": self.env.world_size,
                      "grad_accum": self.grad_accum, "config": self.cfg.to_dict(),
-                     "model_hash": self.cfg.model_hash(), "time": time.time()}
+                     "time": time.time()}
             try:
                 began = time.perf_counter()
                 path = save_checkpoint(self.run_dir, self.step, {"model": self.model.state_dict(),

@@ -21,7 +21,6 @@ mix of both sources rather than all of one.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import random
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import atomic_write_text
+from pipeline.cli import OneLineParser
 
 # Directories of the stdlib that hold tests, third-party packages or bytecode, not docs.
 SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
@@ -173,7 +173,7 @@ def ensure_corpus(path: str | Path) -> tuple[CorpusStats, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.commands.demo_corpus",
+    p = OneLineParser(prog="python -m pipeline.commands.demo_corpus",
                                 description="Write the demo corpus (Python's own documentation) as jsonl.")
     p.add_argument("--out", required=True, help="output .jsonl file (kept if it already exists)")
     args = p.parse_args(argv)

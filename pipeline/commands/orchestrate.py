@@ -17,7 +17,6 @@ or a preemption repeats no finished work.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -29,14 +28,13 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.atomic import read_jsonl
-from pipeline.checkpoint import list_checkpoints, step_of
+from pipeline.checkpoint import EXIT, list_checkpoints, read_exit, step_of
 from pipeline.shards import MANIFEST, ShardError, read_manifest
 
 # The package root (the directory holding pipeline/, train/, ...), put first on the
 # children's PYTHONPATH so they run this very code whether or not it is pip-installed.
 CODE_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path("eval") / "results.jsonl"
-EXIT = "exit.json"  # the trainer's record of how its latest launch ended
 TARGET_REACHED = "target loss reached"
 REPORT = Path("eval") / "report.md"
 
@@ -64,10 +62,7 @@ def train_done(run_dir: str | Path, max_steps: int) -> str | None:
         return f"final checkpoint {found[-1]} (train.max_steps = {max_steps})"
     # A run that stopped early on train.target_loss is finished too; the trainer's
     # exit.json says so (and names the step, so a later, longer launch is not mistaken).
-    try:
-        exit_info = json.loads((Path(run_dir) / EXIT).read_text())
-    except (OSError, ValueError):
-        return None
+    exit_info = read_exit(run_dir) or {}
     if exit_info.get("code") == 0 and exit_info.get("reason") == TARGET_REACHED and exit_info.get("step") == step:
         return f"{TARGET_REACHED} at step {step} ({found[-1]})"
     return None
@@ -146,13 +141,12 @@ class StageFailed(RuntimeError):
 
 def trainer_exit_code(run_dir: str | Path) -> Callable[[int, float], int]:
     def code(returned: int, started: float) -> int:
-        path = Path(run_dir) / EXIT
         try:
-            if path.stat().st_mtime >= started:
-                return int(json.loads(path.read_text())["code"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return returned
+            fresh = (Path(run_dir) / EXIT).stat().st_mtime >= started
+        except OSError:
+            return returned
+        info = read_exit(run_dir) or {}
+        return info["code"] if fresh and isinstance(info.get("code"), int) else returned
     return code
 
 

@@ -18,19 +18,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, resolve
 from pipeline.commands.orchestrate import (Stage, StageFailed, data_done, display, eval_done, python_module,
                                   run_stages, torchrun_module, train_done,
                                   trainer_exit_code)
+from pipeline.hellaswag import DEFAULT_HELLASWAG
 from pipeline.shards import ShardError, load_shard_set
-
-DEFAULT_HELLASWAG = Path("data/hellaswag/hellaswag_val.jsonl")
 
 
 def default_nproc() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import read_jsonl
-from pipeline.checkpoint import STATE, list_checkpoints, step_of
+from pipeline.checkpoint import CheckpointError, list_checkpoints, read_state, step_of
 from pipeline.cli import OneLineParser
 from pipeline.config import Config, ConfigError, load_toml
 from pipeline.commands.orchestrate import REPORT, RESULTS, evaluated_steps, format_seconds
@@ -85,7 +85,7 @@ def run_status(run_dir: str | Path) -> dict:
 
     train: dict = {"max_steps": cfg.train.max_steps, "checkpoints": [step_of(p) for p in checkpoints]}
     if checkpoints:
-        state = json.loads((checkpoints[-1] / STATE).read_text())
+        state = read_state(checkpoints[-1])
         train.update(checkpoint=str(checkpoints[-1]), checkpoint_step=state.get("step"),
                      tokens_seen=state.get("tokens_seen"))
     last_train = _last(metrics, "train")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         status = run_status(args.run_dir)
-    except (StatusError, ConfigError, ValueError, OSError) as err:
+    except (StatusError, ConfigError, CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -68,14 +68,21 @@ def started_after(flag) -> bool:
 
 FINEWEB_FLAGS = {"--dataset", "--name", "--split", "--revision", "--files", "--text-column", "--encoding-errors",
                  "--out", "--prefix", "--shard-size", "--workers", "--max-tokens", "--overwrite", "--no-progress",
-                 "--help"}
+                 "--help", "--hub-retries", "--hub-retry-seconds", "--hub-backoff", "--hub-max-backoff",
+                 "--hub-timeout", "--allow-revision-change"}
 
 
 @st.composite
 def fineweb_mistake(draw, out: Path, missing: Path, a_file: Path):
     argv = prep_argv(out, "--workers", "0")
     kind = draw(st.sampled_from(["count", "workers", "choice", "missing input", "out is a file", "unknown",
-                                 "no value"]))
+                                 "no value", "hub"]))
+    if kind == "hub":
+        flag = draw(st.sampled_from(["--hub-retries", "--hub-retry-seconds", "--hub-backoff", "--hub-max-backoff",
+                                     "--hub-timeout"]))
+        bad = ["-1", "ten", "", "nan", "inf", "-inf"] + (["0"] if flag == "--hub-timeout" else []) \
+            + (["1.5"] if flag == "--hub-retries" else [])
+        return argv + [f"{flag}={draw(st.sampled_from(bad))}"], [flag]
     if kind == "count":
         flag = draw(st.sampled_from(["--shard-size", "--max-tokens"]))
         value = draw(st.one_of(st.sampled_from(["0", "-5", "1.5", "1e-3", "ten", ""]), not_float()))
@@ -217,11 +224,11 @@ def eval_mistake(draw, run: Path, missing: Path):
         return [*base, "--dtype", value], ["--dtype"]
     if kind == "tasks":
         value = draw(junk.filter(lambda s: s != "auto" and not set(s.split(",")) <= {"hellaswag", "val"}))
-        return [*base[:6], "--tasks", value, "--no-report"], ["--tasks"]
+        return [*base[:7], "--tasks", value, "--no-report"], ["--tasks"]
     if kind == "missing path":
         which = draw(st.sampled_from(["--checkpoint", "--hellaswag", "--val-data"]))
         if which == "--val-data":
-            return [*base[:6], "--tasks", "val", "--val-data", missing], [missing]
+            return [*base[:7], "--tasks", "val", "--val-data", missing], [missing]
         argv = list(base)
         argv[argv.index(which) + 1] = missing
         return argv, [missing]

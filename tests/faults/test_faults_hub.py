@@ -67,6 +67,16 @@ def clean(hub, hub_zygote, tmp_path_factory) -> dict[str, bytes]:
     return shards
 
 
+@pytest.fixture(scope="module")
+def counts(hub, hub_zygote, clean, tmp_path_factory) -> dict[str, int]:
+    """Requests of an undisturbed run with a warm cache: all of them, and the parquet GETs."""
+    before = len(hub.requests())
+    code, output = run(hub_zygote, tmp_path_factory.mktemp("hub-count") / "out")
+    assert code == 0, output[-3000:]
+    log = hub.requests()[before:]
+    return {"all": len(log), "parquet GET": sum(1 for m, path, _ in log if m == "GET" and PARQUET in path)}
+
+
 @pytest.fixture
 def fresh(hub):
     """Undo whatever a test did to the hub."""
@@ -90,7 +100,9 @@ def listed(out: Path) -> dict[str, bytes]:
 
 # (kind, fault arguments for FakeHub.inject): each must be absorbed within one run.
 TRANSIENT = [
-    *[("hub: connection reset", dict(kind="reset", match="", after=n)) for n in (0, 2, 5, 9, 13, 16, 22, 27)],
+    # `after` as a fraction: of the requests (or of the matching parquet GETs) of an undisturbed
+    # run with a warm cache, counted by the `counts` fixture, so the faults spread over the run.
+    *[("hub: connection reset", dict(kind="reset", match="", after=f)) for f in (0, .1, .25, .4, .55, .7, .85, .95)],
     ("hub: connection reset", dict(kind="reset", match=".parquet", times=3)),
     *[("hub: HTTP 500 for a while", dict(kind="status", status=500, match=m, times=3))
       for m in ("/revision/", "/tree/", "000_00000.parquet", LATE_FILE)],
@@ -98,15 +110,19 @@ TRANSIENT = [
     ("hub: HTTP 502/503 for a while", dict(kind="status", status=503, match=PARQUET, for_seconds=1.5, times=None)),
     *[("hub: HTTP 429 + Retry-After", dict(kind="status", status=429, match=m, headers={"Retry-After": "1"},
                                             times=2)) for m in ("/api/datasets/", LATE_FILE)],
-    *[("hub: body cut mid-way", dict(kind="cut", match=PARQUET, after=n, method="GET", times=t))
-      for n, t in ((0, 1), (3, 2), (7, 1), (11, 3))],
+    *[("hub: body cut mid-way", dict(kind="cut", match=PARQUET, after=f, method="GET", times=t))
+      for f, t in ((0, 1), (.34, 2), (.67, 1))],
+    ("hub: body cut mid-way", dict(kind="cut", match=LATE_FILE, method="GET", times=1)),
     *[("hub: read stalled past timeout", dict(kind="stall", match=m, seconds=2.5, after=n))
-      for m, n in ((PARQUET, 1), (LATE_FILE, 3), ("/tree/", 0))],
+      for m, n in ((PARQUET, 1), (LATE_FILE, 1), ("/tree/", 0))],
 ]
 
 
 @pytest.mark.parametrize("kind,fault", TRANSIENT, ids=[f"{k.split(': ')[1]}-{i}" for i, (k, _) in enumerate(TRANSIENT)])
-def test_transient_fault_recovers_by_itself(kind, fault, fresh, hub_zygote, clean, tmp_path, fault_log):
+def test_transient_fault_recovers_by_itself(kind, fault, fresh, hub_zygote, clean, counts, tmp_path, fault_log):
+    fault = dict(fault)
+    if isinstance(fault.get("after"), float):
+        fault["after"] = int(fault["after"] * counts["all" if not fault["match"] else "parquet GET"])
     injected = fresh.inject(fault.pop("kind"), fault.pop("match"), **fault)
     code, output = run(hub_zygote, tmp_path / "out")
     identical = code == 0 and shard_bytes(tmp_path / "out") == clean
