@@ -1,6 +1,6 @@
 """Tokens-to-loss of the GPT-2 recipe vs the modern recipe (and each modern option alone).
 
-    python bench/recipe.py                          # ~15-30 min on 2 shared cores
+    python bench/recipe.py                          # 10 runs of 30 steps: ~10 CPU-minutes
     python bench/recipe.py --steps 150 --eval-every 5 --val-tokens 8192   # the demo's full budget
     python bench/recipe.py --only modern,+muon --jobs 2
 
