@@ -15,45 +15,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _train_support import assert_bitwise_equal, losses, memo_dir, state, train_here, train_rows, wait_for, weights
+from _train_support import TINY_TOML, assert_bitwise_equal, losses, memo_dir, state, train_here, train_rows, wait_for, weights
 from conftest import REPO, run_module, run_torchrun, subprocess_env
 from data_prep.sft import encode_pair
+from pipeline.documents import document_layout
 from pipeline.config import ModelConfig
 from pipeline.model import GPT
 from pipeline.shards import load_shard_set, open_mask, open_shard
 from pipeline.tokenizer import EOT, get_tokenizer
 from train import EXIT_PREEMPTED
-from pipeline.documents import document_layout
 
 STEPS = 6
-SFT_TOML = """
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 64
-block_size = 64
-
-[data]
-dir = "{data}"
-
-[optim]
-max_lr = 3e-3
-warmup_steps = 2
-
-[train]
-total_batch_size = 128
-micro_batch_size = 1
-seq_len = 32
-max_steps = 6
-device = "cpu"
-checkpoint_every = 3
-keep_last = 10
-
-[eval]
-eval_every = 0
-sample_every = 0
-val_tokens = 256
-"""
+SFT_TOML = TINY_TOML  # the train tests' tiny model and batch, on prompt/response shards
 
 
 def make_pairs(n: int, seed: int = 0) -> list[dict]:
