@@ -31,6 +31,7 @@ SHARD_SIZE = 4_096  # shard 0 (val) is the first ~10% of the ~40K-token set
 FINETUNE_STEPS = 60
 FINETUNE_LR = "1e-3"  # a third of the demo's pretraining rate: adapt, don't overwrite
 HELD_OUT = 3  # questions from the val shard shown before and after
+VAL_TOKENS = 2_048  # half the val shard: data_prep.sft cuts it at SHARD_SIZE
 
 
 def _signature(node: ast.FunctionDef) -> str:
@@ -83,7 +84,8 @@ def finetune_stages(qa: Path, shards: Path, base_run: Path, run: Path, config: P
     train = Stage("finetune", [python_module(
         "train", "--config", str(config), "--run-dir", str(run), f"--train.init_from={base_run}",
         f"--data.dir={shards}", f"--train.max_steps={FINETUNE_STEPS}", f"--optim.max_lr={FINETUNE_LR}",
-        "--optim.warmup_steps=5", "--train.checkpoint_every=30", "--eval.eval_every=20", "--eval.sample_every=0")],
+        "--optim.warmup_steps=5", "--train.checkpoint_every=30", "--eval.eval_every=20",
+        f"--eval.val_tokens={VAL_TOKENS}", "--eval.sample_every=0")],
         done=lambda: train_done(run, FINETUNE_STEPS), exit_code=trainer_exit_code(run))
     return [make_qa, data, train]
 

@@ -225,11 +225,11 @@ def eval_mistake(draw, run: Path, missing: Path):
         return [*base, "--dtype", value], ["--dtype"]
     if kind == "tasks":
         value = draw(junk.filter(lambda s: s != "auto" and not set(s.split(",")) <= {"hellaswag", "val"}))
-        return [*base[:7], "--tasks", value, "--no-report"], ["--tasks"]
+        return [*base[:6], "--hellaswag-unverified", "--tasks", value, "--no-report"], ["--tasks"]
     if kind == "missing path":
         which = draw(st.sampled_from(["--checkpoint", "--hellaswag", "--val-data"]))
         if which == "--val-data":
-            return [*base[:7], "--tasks", "val", "--val-data", missing], [missing]
+            return [*base[:6], "--tasks", "val", "--val-data", missing], [missing]
         argv = list(base)
         argv[argv.index(which) + 1] = missing
         return argv, [missing]

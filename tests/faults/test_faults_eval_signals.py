@@ -31,7 +31,7 @@ from pipeline.checkpoint import list_checkpoints
 
 SEED = 6
 HS = ["--hellaswag", str(HELLASWAG_VAL), "--hellaswag-unverified", "--limit", "24"]  # generated rows
-METRICS = ("hellaswag_acc", "hellaswag_acc_norm", "val_loss")
+METRICS = ("hellaswag_acc", "hellaswag_acc_norm", "val_loss", "val_bpb")
 
 
 def results_file(run: Path) -> Path:
@@ -61,7 +61,7 @@ def run(tiny_run, tmp_path):
 
 @pytest.fixture()
 def busy_run(tiny_config, tmp_path):
-    """A run with a checkpoint at every one of its 12 steps: 36 results to compute, so that
+    """A run with a checkpoint at every one of its 12 steps: 48 results to compute, so that
     8 signals land mid-evaluation however fast the machine is."""
     from train.__main__ import main
     run = tmp_path / "busy"
@@ -83,8 +83,8 @@ def test_watcher_killed_at_random_moments_evaluates_everything_exactly_once(busy
         before = results_file(run).read_bytes() if results_file(run).exists() else b""
         have = len(whole_lines(run))
         # The signal goes out as soon as `target` rows are on disk (a third of the time after a
-        # short extra delay): with 3 rows per checkpoint, often between a checkpoint's HellaSwag
-        # rows and its val loss row, i.e. in the middle of evaluating it.
+        # short extra delay): with 4 rows per checkpoint, often between a checkpoint's HellaSwag
+        # rows and its val rows, i.e. in the middle of evaluating it.
         target = min(have + rng.randint(1, 3), expected - 1)
         delay = rng.choice([0.0, 0.0, rng.uniform(0, 0.15)])
         watcher = zygote.start("eval.__main__", argv, subprocess_env(), tmp_path / f"watch{attempt}.log")
@@ -152,7 +152,7 @@ def test_an_append_killed_half_way_is_repaired_and_redone_exactly_once(where, ru
     code, _, err = call_main(eval_main, [a if a != "hellaswag" else "hellaswag,val" for a in argv])
     rows = whole_lines(run)
     counts = keys(rows)
-    recovered = code == 0 and len(counts) == 3 and max(counts.values()) == 1
+    recovered = code == 0 and len(counts) == 4 and max(counts.values()) == 1  # 2 HellaSwag + val loss + bpb
     lost = len(rows) < len(readable)
     fault_log.record("kill -9 during results append", f"cut after {cut} of {len(data)} bytes ({where})",
                      recovered=recovered, data_lost=lost)
