@@ -22,6 +22,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import torch
+
 from pipeline.atomic import atomic_write_text
 from pipeline.commands.demo_corpus import SKIP_DIRS
 from pipeline.commands.orchestrate import Stage, python_module, train_done, trainer_exit_code
@@ -98,15 +100,18 @@ def held_out_questions(qa: Path, shards: Path) -> list[str]:
     return prompts[:HELD_OUT]
 
 
+@torch.no_grad()
 def answer(model, prompt: str, max_new_tokens: int = 32) -> str:
-    """Greedy answer as the fine-tuning data laid it out: [EOT] + prompt, up to the next EOT."""
-    import torch
-
+    """Greedy answer as the fine-tuning data laid it out: [EOT] + prompt, up to the next EOT.
+    The first token may not be EOT: a few-minute model's likeliest first move is often to stop,
+    which would show nothing."""
     from pipeline.tokenizer import EOT, get_tokenizer
     enc = get_tokenizer()
     ids = [EOT] + enc.encode_ordinary(prompt)
+    logits, _ = model.eval()(torch.tensor([ids]))
+    ids.append(int(logits[0, -1, :EOT].argmax()))
     max_new_tokens = min(max_new_tokens, model.config.block_size - len(ids))
-    out = model.generate(torch.tensor([ids]), max_new_tokens, temperature=0)[0, len(ids):].tolist()
+    out = model.generate(torch.tensor([ids]), max_new_tokens, temperature=0)[0, len(ids) - 1:].tolist()
     return enc.decode(out[:out.index(EOT)] if EOT in out else out).strip()
 
 
