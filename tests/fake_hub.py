@@ -80,7 +80,9 @@ class FakeHub:
         self.sha = sha
         self.old_shas: set[str] = set()  # earlier commits still served (after a test "pushes")
         self.faults: list[Fault] = []
-        self.log: list[tuple[str, str, int]] = []  # (method, path with query, status)
+        self.log: list[tuple[str, str, int]] = []  # (method, path with query, status), once answered
+        self.arrivals: list[tuple[str, str]] = []  # (method, path with query), as they come in
+        self.closing = threading.Event()  # ends injected stalls when the hub shuts down
         self.bytes_sent = 0  # response body bytes, for benchmarks
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -93,6 +95,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -112,6 +115,11 @@ class FakeHub:
     def requests(self, contains: str = "") -> list[tuple[str, str, int]]:
         with self.lock:
             return [r for r in self.log if contains in r[1]]
+
+    def arrived(self, contains: str = "") -> list[tuple[str, str]]:
+        """Requests received so far, answered or not (a stalled one is not in `requests` yet)."""
+        with self.lock:
+            return [r for r in self.arrivals if contains in r[1]]
 
     def _fault_for(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -191,10 +199,12 @@ def _handler(hub: FakeHub):
 
         def answer(self, method: str) -> None:
             status = 0
+            with hub.lock:
+                hub.arrivals.append((method, self.path))
             try:
                 fault = hub._fault_for(method, self.path)
                 if fault is not None and fault.kind == "stall":
-                    time.sleep(fault.seconds)
+                    hub.closing.wait(fault.seconds)
                     fault = None
                 if fault is not None and fault.kind == "reset":
                     self.close_connection = True

@@ -72,7 +72,7 @@ def test_sigterm_during_hub_resolution_exits_143(tmp_path):
                                  "--hub-timeout", "120"], cwd=REPO, env=hub_env(hub.url, tmp_path / "hf"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while not hub.requests("/api/datasets/") and time.monotonic() < deadline:
+        while not hub.arrived("/api/datasets/") and time.monotonic() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
