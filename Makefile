@@ -31,7 +31,8 @@ setup: $(VENV)/.installed
 # TEST_JOBS pytest processes (pytest-xdist); a file's tests stay on one process, so module
 # fixtures (the demo run, a fault sweep's runs) are built once. TEST_JOBS=0: one process.
 TEST_JOBS ?= 2
-TEST_DIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
+# --no-loadscope-reorder: files go out longest first (tests/conftest.py LONGEST_FIRST), not by test count.
+TEST_DIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 test: setup
 	$(PY) -m pytest -q $(TEST_DIST) $(PYTEST_ARGS)

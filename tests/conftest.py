@@ -80,12 +80,16 @@ def pytest_configure(config):
                    "slow: over ~20 s, or a sweep of injected faults; left out of `make test-quick`",
                    "system: changes the host (apt-get, mounts); see require_system"):
         config.addinivalue_line("markers", marker)
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+    if (getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+            and not config.option.collectonly):  # --collect-only: the controller collects, so loads it itself
         # Under xdist the controller collects nothing, so it never loads tests/faults/conftest.py;
         # register it here so the workers' fault ledgers are merged and printed once.
         import faults.conftest
         if not config.pluginmanager.is_registered(faults.conftest):  # not loaded as an initial conftest
             config.pluginmanager.register(faults.conftest, "fault-ledger")
+    if hasattr(config, "workerinput"):  # an xdist worker: the cores are split between the workers
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(config.workerinput.get("workercount", 1))))
     problem = real_data_problem()
     if _is_ci() and problem and not hasattr(config, "workerinput"):
         raise pytest.UsageError(f"CI=true but the real test data is not there: {problem}")
@@ -101,11 +105,28 @@ SLOW_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/fau
 SYSTEM_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/test_faults_disk_full.py")
 
 
+# The files that take longest (pytest --durations=0 on 2 cores, summed per file), run first: under
+# `make test` (xdist, --no-loadscope-reorder) a file is the unit of work, and a 70-s file drawn
+# last leaves the other worker idle for 70 s. A file missing here only runs later.
+LONGEST_FIRST = ("tests/test_slurm.py", "tests/test_train_compile.py", "tests/faults/test_faults_kill_train.py",
+                 "tests/test_train_124m.py", "tests/faults/test_faults_hub.py", "tests/test_slurm_two_nodes.py",
+                 "tests/test_readme_commands.py", "tests/test_train_two_nodes.py", "tests/test_train_ddp.py",
+                 "tests/test_data_prep_resume.py", "tests/test_pipeline_demo.py", "tests/test_bench_gpu_check.py",
+                 "tests/faults/test_faults_kill_data_prep.py", "tests/test_train_resume.py",
+                 "tests/test_train_restarts.py", "tests/test_sft.py", "tests/test_train_muon.py")
+
+
+def _repo_path(item) -> str:
+    return Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+
+
 def pytest_collection_modifyitems(items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_repo_path(item), len(rank)))  # stable: a file's tests stay in order
     for item in items:
         if {"real_data", "shared_data"} & set(getattr(item, "fixturenames", ())):
             item.add_marker("real_data")
-        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        path = _repo_path(item)
         if f"{path}::{item.name}".startswith(SLOW_PATHS):
             item.add_marker("slow")
         if path.startswith(SYSTEM_PATHS):
