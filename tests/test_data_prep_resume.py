@@ -172,8 +172,19 @@ def test_changed_input_file_is_refused(data, tmp_path):
     assert f"input file {src} changed since the previous run" in proc.stderr
 
 
+@pytest.fixture
+def children_get_default_sigint():
+    """A shell starts background jobs (`make test &`) with SIGINT ignored, and exec keeps an
+    ignored signal ignored, so the child would never see its own SIGINT. A Python handler here
+    is reset to the default in the child."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_sigterm_and_sigint_stop_cleanly_then_resume(data, baseline, tmp_path, signame, code):
+def test_sigterm_and_sigint_stop_cleanly_then_resume(data, baseline, tmp_path, signame, code,
+                                                     children_get_default_sigint):
     env = subprocess_env(GPT2_PIPELINE_FAILPOINTS=failpoint("chunk:2", f"kill({signame})"))
     proc = run_module("data_prep.fineweb", *prep_args(data.parquet, tmp_path), check=False, env=env)
     assert proc.returncode == code and "Traceback" not in proc.stderr
