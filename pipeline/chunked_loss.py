@@ -140,3 +140,40 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows, float(softcap))
     chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
     return chunks(hidden, weight, targets, vocab_size, rows, False, float(softcap))[0]
+
+
+@torch.no_grad()
+def token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                 vocab_size: int, rows: int | None = None, softcap: float = 0.0) -> torch.Tensor:
+    """Per-token F.cross_entropy(hidden @ weight[:vocab_size].T, targets) in fp32, shaped like
+    targets, 0 where a target is -1; chunked like linear_cross_entropy, no gradients.
+
+    For evaluation: one pass through the output layer gives every sum wanted (validation
+    needs the loss over all targets and over those with text, for bits-per-byte)."""
+    shape = targets.shape
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    targets = targets.reshape(-1)
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    if rows is None:
+        rows = chunk_rows(vocab_size, hidden.device)
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    with torch.autocast(device, enabled=False):
+        w = weight[:vocab_size]
+        buf = torch.empty(min(rows, hidden.size(0)), vocab_size, dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), rows):
+            h, t = hidden[start:start + rows], targets[start:start + rows]
+            logits = buf[:h.size(0)]
+            if h.dtype == torch.float32 and w.dtype == torch.float32:
+                torch.mm(h, w.t(), out=logits)
+            else:
+                logits.copy_(h @ w.t())
+            if softcap > 0:
+                logits.div_(softcap).tanh_().mul_(softcap)
+            picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+            top = logits.amax(dim=1)
+            lse = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log()
+            out[start:start + rows] = torch.where(t != -1, lse - picked, 0.0)
+    return out.view(shape)

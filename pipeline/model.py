@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.chunked_loss import linear_cross_entropy
+from pipeline.chunked_loss import linear_cross_entropy, token_losses
 from pipeline.config import ModelConfig
 from pipeline.layers import ReLU2, Rotary, apply_rotary, head_norm, make_norm, sinusoidal, softcap
 
@@ -192,6 +192,11 @@ class GPT(nn.Module):
         soft-cap (model.logit_softcap) applied inside each chunk."""
         return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.config.vocab_size,
                                     softcap=self.config.logit_softcap)
+
+    def token_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy (fp32, 0 where a target is -1), chunked, without gradients."""
+        return token_losses(hidden, self.lm_head.weight, targets, self.config.vocab_size,
+                            softcap=self.config.logit_softcap)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_pos: int = 0, *,

@@ -89,19 +89,16 @@ def compute_val_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, b
             extra = {"segment_ids": segments, "position_ids": positions}
             counted = rows_mask[:, 1:] == 1
         with autocast:
-            # The model's chunked loss from one pass of hidden states: the (rows x seq_len x
-            # vocab) logits never exist. Once over every target, once over those with text
-            # (end-of-text has no bytes, so bits-per-byte leaves its nats out too).
+            # One pass of hidden states and one of the chunked output layer: the (rows x
+            # seq_len x vocab) logits never exist. Summed over every target, and over those
+            # with text (end-of-text has no bytes, so bits-per-byte leaves its nats out too).
             hidden = model.hidden_states(batch[:, :-1], **extra)
             targets = batch[:, 1:] if counted is None else batch[:, 1:].masked_fill(~counted, -1)
-            target_bytes = nbytes[targets.clamp(min=0)] * (targets >= 0)
-            with_text = target_bytes > 0
-            loss_all = model.loss_from_hidden(hidden, targets)
-            loss_text = model.loss_from_hidden(hidden, targets.masked_fill(~with_text, -1))
-        n_targets = targets.numel() if counted is None else counted.sum()
-        total[0] += loss_all.double() * n_targets
-        total[1] += n_targets
-        total[2] += loss_text.double() * with_text.sum()
+            losses = model.token_losses(hidden, targets).double()
+        target_bytes = nbytes[targets.clamp(min=0)] * (targets >= 0)
+        total[0] += losses.sum()
+        total[1] += (targets >= 0).sum()
+        total[2] += (losses * (target_bytes > 0)).sum()  # a product, not an index: no device sync
         total[3] += target_bytes.sum()
         if progress is not None:
             progress(len(rows))

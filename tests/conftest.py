@@ -100,7 +100,7 @@ def pytest_configure(config):
 # blocks (each a whole pipeline run), eval --watch under kill -9. Other slow tests carry
 # @pytest.mark.slow themselves.
 SLOW_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/", "tests/test_data_prep_resume.py",
-              "tests/test_pipeline_demo.py", "tests/test_readme_commands.py::test_readme_block",
+              "tests/test_pipeline_demo.py", "tests/test_readme_commands.py::test_documented_block",
               "tests/test_eval_watch.py::test_kill_9")
 SYSTEM_PATHS = ("tests/test_slurm.py", "tests/test_slurm_two_nodes.py", "tests/faults/test_faults_disk_full.py")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.chunked_loss import chunk_rows, linear_cross_entropy
+from pipeline.chunked_loss import chunk_rows, linear_cross_entropy, token_losses
 
 
 def full_loss(hidden, weight, targets, vocab):
@@ -46,6 +46,25 @@ def test_equals_full_loss_and_gradients(seed, n, c, vocab, padded, rows):
         assert a.shape == b.shape and (a - b).abs().max() <= 1e-5
     assert (got[2][vocab:] == 0).all()  # padding rows: no gradient
     assert got[0].item() == pytest.approx(ref[0].item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed,n,c,vocab,padded,rows,softcap", [
+    (0, 37, 16, 101, 128, 8, 0.0),  # a partial last chunk, ignored targets (-1 -> 0)
+    (2, 5, 8, 1000, 1024, 64, 0.0),  # one chunk larger than the batch
+    (5, 40, 12, 97, 128, 16, 3.0),  # soft-capped logits
+])
+def test_token_losses_equal_per_token_cross_entropy(seed, n, c, vocab, padded, rows, softcap):
+    hidden, weight, targets = case(seed, n, c, vocab, padded)
+    logits = F.linear(hidden, weight[:vocab])
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    ref = F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+    got = token_losses(hidden.view(1, n, c), weight, targets.view(1, n), vocab, rows=rows, softcap=softcap)
+    assert got.shape == (1, n) and got.dtype == torch.float32
+    assert (got.view(-1) - ref).abs().max() <= 1e-5 and (got.view(-1)[targets == -1] == 0).all()
+    # and their mean over the counted targets is the training loss
+    assert abs(got.sum() / (targets != -1).sum() - linear_cross_entropy(hidden, weight, targets, vocab, rows=rows,
+                                                                          softcap=softcap)) <= 1e-5
 
 
 def test_batched_shape_and_no_grad_path():

@@ -79,6 +79,7 @@ def worker_pids(torchrun: subprocess.Popen) -> dict[int, int]:
     return out
 
 
+@pytest.mark.slow  # ~25 s: a killed 2-rank run, a signalled one and the resume
 def test_kill_then_signal_on_one_rank_then_resume_is_bitwise_identical(killed, straight, config, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(killed, run)
