@@ -120,6 +120,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None, None, None, None)
 
 
+def _flat_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                 rows: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Tokens flattened to rows, the matmul inputs in the autocast dtype (as F.linear would
+    run them), and the chunk size for this device when not given."""
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    return hidden, weight, targets.reshape(-1), rows if rows is not None else chunk_rows(vocab_size, hidden.device)
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          vocab_size: int, rows: int | None = None, softcap: float = 0.0) -> torch.Tensor:
     """Mean of F.cross_entropy(hidden @ weight[:vocab_size].T, targets, ignore_index=-1).
@@ -128,14 +140,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     Under autocast the matmuls run in the autocast dtype (as F.linear would) and the
     softmax in fp32. softcap > 0 caps the logits first (cap * tanh(logits / cap), fp32).
     """
-    hidden = hidden.reshape(-1, hidden.size(-1))
-    targets = targets.reshape(-1)
-    device = hidden.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    if rows is None:
-        rows = chunk_rows(vocab_size, hidden.device)
+    hidden, weight, targets, rows = _flat_inputs(hidden, weight, targets, vocab_size, rows)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows, float(softcap))
     chunks = _chunks_op if torch.compiler.is_compiling() else _chunks
@@ -150,15 +155,8 @@ def token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
 
     For evaluation: one pass through the output layer gives every sum wanted (validation
     needs the loss over all targets and over those with text, for bits-per-byte)."""
-    shape = targets.shape
-    hidden = hidden.reshape(-1, hidden.size(-1))
-    targets = targets.reshape(-1)
-    device = hidden.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    if rows is None:
-        rows = chunk_rows(vocab_size, hidden.device)
+    shape, device = targets.shape, hidden.device.type
+    hidden, weight, targets, rows = _flat_inputs(hidden, weight, targets, vocab_size, rows)
     out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
     with torch.autocast(device, enabled=False):
         w = weight[:vocab_size]
