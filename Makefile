@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 
 # --no-compile, then compileall: pip byte-compiles one file at a time (measured 319 s -> 129 s
 # without it), while compileall -j 0 does all ~15k files of the venv on every core in ~30 s.
-# The bytecode is not optional where PYTHONDONTWRITEBYTECODE is set (as on the CI machines):
+# The bytecode is not optional where PYTHONDONTWRITEBYTECODE is set (as on the development VMs):
 # without it every process compiles torch from source again, `import torch` + torch._dynamo
 # (which any torch optimizer imports) took 8.5 s instead of 2.6 s, in each of the hundreds of
 # processes the tests start. Files compileall cannot parse (a few packages ship Python 2
