@@ -100,10 +100,9 @@ def _node_hardware() -> str:
     return " ".join(word for word in first if not word.startswith(("NodeName=", "UpTime=")))
 
 
-SLURM_CONF = """\
-# one-node test cluster written by tests/slurm_cluster.py
-ClusterName=gpt2test
-SlurmctldHost={node}(127.0.0.1)
+# The settings every test cluster shares (one node here, two in tests/slurm_two_nodes.py);
+# format fields: root, ctld_port, slurmd_port, munge_socket.
+CLUSTER_SETTINGS = """\
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -112,11 +111,8 @@ AuthType=auth/munge
 AuthInfo=socket={munge_socket},cred_expire=5
 CredType=cred/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -132,6 +128,16 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={root}/jobcomp.log
 SchedulerParameters=sched_interval=1,bf_interval=1
+"""
+
+SLURM_CONF = """\
+# one-node test cluster written by tests/slurm_cluster.py
+ClusterName=gpt2test
+SlurmctldHost={node}(127.0.0.1)
+""" + CLUSTER_SETTINGS + """\
+SlurmdSpoolDir={root}/spool
+SlurmdPidFile={root}/slurmd.pid
+SlurmdLogFile={root}/log/slurmd.log
 NodeName={node} NodeAddr=127.0.0.1 {hardware} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slurm_cluster import SBIN_PATH, SlurmCluster, _die_with_parent, _free_port, _node_hardware, _which
+from slurm_cluster import CLUSTER_SETTINGS, SBIN_PATH, SlurmCluster, _die_with_parent, _free_port, _node_hardware, _which
 
 SUBNET = "10.231.7"
 NODES = {"node1": f"{SUBNET}.1", "node2": f"{SUBNET}.2"}
@@ -30,34 +30,10 @@ TWO_NODE_CONF = """\
 # two-node test cluster written by tests/slurm_two_nodes.py (see tests/slurm_cluster.py for the settings)
 ClusterName=gpt2two
 SlurmctldHost=node1({addr1})
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket={munge_socket},cred_expire=5
-CredType=cred/munge
-StateSaveLocation={root}/state
+""" + CLUSTER_SETTINGS + """\
 SlurmdSpoolDir={root}/spool/%n
-SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd-%n.pid
-SlurmctldLogFile={root}/log/slurmctld.log
 SlurmdLogFile={root}/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-JobRequeue=1
-ReturnToService=2
-KillWait=5
-MinJobAge=4
-MailProg=/bin/true
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/filetxt
-JobCompLoc={root}/jobcomp.log
-SchedulerParameters=sched_interval=1,bf_interval=1
 NodeName=node1 NodeAddr={addr1} {hardware} State=UNKNOWN
 NodeName=node2 NodeAddr={addr2} {hardware} State=UNKNOWN
 PartitionName={partition} Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
