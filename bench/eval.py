@@ -32,6 +32,7 @@ from pipeline.hellaswag import load_hellaswag, predictions, score_hellaswag  # n
 from pipeline.model import GPT  # noqa: E402
 from pipeline.tokenizer import get_tokenizer  # noqa: E402
 from pipeline.val_loss import compute_val_loss  # noqa: E402
+from bench.train import matmul_peak  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = {
@@ -83,13 +84,6 @@ def nanogpt_loop(model: GPT, examples) -> tuple[torch.Tensor, torch.Tensor]:
         preds.append(sum_loss.argmin().item())
         preds_norm.append(avg_loss.argmin().item())
     return torch.tensor(preds), torch.tensor(preds_norm)
-
-
-def matmul_peak(n: int = 2048, reps: int = 3) -> float:
-    """Achieved fp32 FLOP/s of a large square matmul here (best of reps): the practical ceiling."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    return 2 * n ** 3 / min(timed(lambda: a @ b)[1] for _ in range(reps))
 
 
 def macs_per_example(cfg: ModelConfig, examples) -> tuple[float, float]:
@@ -170,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tokenizer" / "tiktoken_cache"))
     print(f"machine: {machine()}")
-    peak = matmul_peak()
+    peak = matmul_peak(torch.device("cpu"), torch.float32, 2048, reps=3)
     print(f"fp32 matmul peak measured here (2048^3): {peak / 1e9:.1f} GFLOP/s")
     examples = load_hellaswag(DATA / "hellaswag" / "hellaswag_val.jsonl", limit=args.examples)
     text = (DATA / "text" / "tinyshakespeare.txt").read_text()
